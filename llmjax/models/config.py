@@ -1,0 +1,122 @@
+"""Model configuration: one frozen, validated dataclass per model.
+
+This file holds configuration only; modules live in their own files. Strings (not dtypes or
+callables) are used for every choice so a config round-trips through gin and JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax.numpy as jnp
+
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+  if value not in allowed:
+    raise ValueError(f"ModelConfig.{name}={value!r} is not one of {allowed}.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """Shape and options of a decoder-only transformer.
+
+  Attributes:
+    vocab_size: number of token ids (must cover the tokenizer's vocabulary).
+    num_layers: transformer blocks.
+    num_heads: query heads.
+    num_kv_heads: key/value heads; None means num_heads (MHA), 1 is MQA, else GQA.
+    embed_dim: residual stream width.
+    head_dim: per-head width; None means embed_dim // num_heads.
+    mlp_dim: hidden width of the MLP.
+    max_seq_len: longest sequence the model accepts (size of a learned position table).
+    position: 'learned' absolute embeddings or 'rope' rotary embeddings.
+    rope_theta: rotary base frequency.
+    norm: 'layernorm' or 'rmsnorm'; norm_eps its epsilon.
+    mlp: 'gelu' (two matrices) or 'swiglu' (three matrices).
+    tie_embeddings: reuse the input embedding as the output projection.
+    use_bias: biases on dense layers.
+    dropout_rate: dropout on attention output, MLP output and embeddings.
+    dtype: compute dtype; param_dtype: storage dtype of parameters.
+    scan_layers: run blocks under nn.scan (fast compile) instead of a Python loop.
+    remat_policy: 'none', 'full', 'dots' or 'dots_no_batch' (jax.checkpoint policies).
+    attention_impl: passed to jax.nn.dot_product_attention (None lets GPUs pick cuDNN).
+  """
+
+  vocab_size: int
+  num_layers: int
+  num_heads: int
+  embed_dim: int
+  mlp_dim: int
+  max_seq_len: int
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  position: str = "rope"
+  rope_theta: float = 10_000.0
+  norm: str = "rmsnorm"
+  norm_eps: float = 1e-6
+  mlp: str = "swiglu"
+  tie_embeddings: bool = True
+  use_bias: bool = False
+  dropout_rate: float = 0.0
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = True
+  remat_policy: str = "none"
+  attention_impl: str | None = None
+
+  def __post_init__(self):
+    for name in ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "max_seq_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}.")
+    _choice("position", self.position, POSITIONS)
+    _choice("norm", self.norm, NORMS)
+    _choice("mlp", self.mlp, MLPS)
+    _choice("remat_policy", self.remat_policy, REMAT_POLICIES)
+    _choice("dtype", self.dtype, DTYPES)
+    _choice("param_dtype", self.param_dtype, DTYPES)
+    if self.kv_heads <= 0 or self.num_heads % self.kv_heads:
+      raise ValueError(
+          f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}: "
+          "choose num_kv_heads among the divisors of num_heads (1 = MQA, num_heads = MHA).")
+    if self.head_dim is None and self.embed_dim % self.num_heads:
+      raise ValueError(
+          f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}: "
+          "set head_dim explicitly or change embed_dim/num_heads.")
+    if self.position == "rope" and self.dim_per_head % 2:
+      raise ValueError(f"rotary positions need an even head_dim, got {self.dim_per_head}.")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.embed_dim // self.num_heads if self.head_dim is None else self.head_dim
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> ModelConfig:
+    return cls(**json.loads(text))
+
+  def replace(self, **changes: Any) -> ModelConfig:
+    return dataclasses.replace(self, **changes)

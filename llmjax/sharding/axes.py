@@ -1,0 +1,46 @@
+"""Logical axis names: the vocabulary layers use to describe their arrays.
+
+Layers name parameter and activation dimensions with these constants; rule sets
+(`rules.py`) map them onto mesh axes. Parameters, activations and the KV cache have separate
+names so each can be sharded on its own terms.
+"""
+
+# Parameters.
+EMBED = "embed"  # d: residual width
+MLP = "mlp"  # f: MLP hidden width
+HEADS = "heads"  # h: query heads
+KV_HEADS = "kv_heads"  # g: key/value heads
+HEAD_DIM = "kv"  # k: per-head width
+VOCAB = "vocab"  # v
+LAYERS = "layers"  # l: the scanned layer axis
+NORM = "norm"  # scale/bias vectors of norms (always replicated)
+POSITION = "position"  # rows of a learned position table
+
+# Activations.
+ACT_BATCH = "act_batch"
+ACT_LENGTH = "act_length"
+ACT_EMBED = "act_embed"
+ACT_MLP = "act_mlp"
+ACT_HEADS = "act_heads"
+ACT_KV_HEADS = "act_kv_heads"
+ACT_HEAD_DIM = "act_kv"
+ACT_VOCAB = "act_vocab"
+
+# KV cache.
+CACHE_LAYERS = "cache_layers"
+CACHE_BATCH = "cache_batch"
+CACHE_LENGTH = "cache_length"
+CACHE_KV_HEADS = "cache_kv_heads"
+CACHE_HEAD_DIM = "cache_kv"
+
+PARAM_AXES = (EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS, NORM, POSITION)
+ACTIVATION_AXES = (ACT_BATCH, ACT_LENGTH, ACT_EMBED, ACT_MLP, ACT_HEADS, ACT_KV_HEADS,
+                   ACT_HEAD_DIM, ACT_VOCAB)
+CACHE_AXES = (CACHE_LAYERS, CACHE_BATCH, CACHE_LENGTH, CACHE_KV_HEADS, CACHE_HEAD_DIM)
+ALL_AXES = PARAM_AXES + ACTIVATION_AXES + CACHE_AXES
+
+# Mesh axes.
+DATA = "data"
+FSDP = "fsdp"
+TENSOR = "tensor"
+MESH_AXES = (DATA, FSDP, TENSOR)
