@@ -1,0 +1,126 @@
+"""Sharded == unsharded for the real model, golden PartitionSpecs, sharded init, constrain."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.linen import partitioning as nn_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from llmjax.models.config import ModelConfig
+from llmjax.models.interface import LanguageModel
+from llmjax.sharding import axes, partition
+from llmjax.sharding.mesh import make_mesh
+from llmjax.sharding.rules import get_rules
+
+# 8 heads, 2 kv heads: kv heads cannot split over a tensor axis of 4 and must stay replicated.
+CONFIG = ModelConfig(vocab_size=64, num_layers=2, num_heads=8, num_kv_heads=2, embed_dim=32,
+                     mlp_dim=64, max_seq_len=16)
+MESHES = {"1x8": {"fsdp": 8}, "2x4": {"fsdp": 2, "tensor": 4}, "8x1": {"data": 8}}
+
+
+@pytest.fixture(scope="module")
+def lm():
+  return LanguageModel(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def reference(lm):
+  """Params, batch, and the unsharded loss, logits and grads."""
+  params = lm.init(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, 64, (8, 17)).astype(np.int32)
+  segment_ids = np.ones((8, 16), np.int32)
+  segment_ids[::2, 10:] = 2
+  segment_ids[1::3, 13:] = 0
+  positions = np.where(segment_ids == 2, np.arange(16) - 10, np.arange(16)).astype(np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": segment_ids,
+           "positions": positions, "weights": (segment_ids > 0).astype(np.float32)}
+  out = jax.jit(_loss_and_grads(lm))(params, batch)
+  return params, batch, jax.device_get(out)
+
+
+def _loss_and_grads(lm):
+  def fn(params, batch):
+    def loss(p):
+      value, aux = lm.loss_fn(p, batch, None, z_loss=1e-3, deterministic=True)
+      return value, (aux, lm.apply(p, batch)[0])
+    return jax.value_and_grad(loss, has_aux=True)(params)
+  return fn
+
+
+@pytest.mark.parametrize("rules_name,mesh_name", [
+    ("dp", "8x1"), ("fsdp", "1x8"), ("tp", "2x4"), ("fsdp_tp", "2x4"), ("fsdp_tp", "1x8"),
+    ("fsdp_tp", "8x1"),
+])
+def test_sharded_matches_unsharded(lm, reference, rules_name, mesh_name):
+  params, batch, ((loss, (aux, logits)), grads) = reference
+  mesh, rules = make_mesh(MESHES[mesh_name]), get_rules(rules_name)
+  shardings = partition.param_shardings(lm, mesh, rules)
+  sharded_params = jax.device_put(params, shardings)
+  sharded_batch = jax.device_put(batch, partition.data_sharding(mesh))
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+    fn = jax.jit(_loss_and_grads(lm), out_shardings=((None, None), shardings))
+    (s_loss, (s_aux, s_logits)), s_grads = fn(sharded_params, sharded_batch)
+  np.testing.assert_allclose(s_loss, loss, rtol=1e-5)
+  np.testing.assert_allclose(s_aux["accuracy"], aux["accuracy"])
+  np.testing.assert_allclose(s_logits, logits, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4),
+               jax.device_get(s_grads), grads)
+  assert jax.tree.map(lambda g: g.sharding, s_grads) == shardings
+
+
+GOLDEN = {  # Scanned params: [l, ...]. 2x4 mesh = fsdp 2, tensor 4.
+    "dp": {"query": P(None, None, None, None), "key": P(None, None, None, None),
+           "out": P(None, None, None, None), "wi_gate": P(None, None, None),
+           "embedding": P(None, None)},
+    "fsdp": {"query": P(None, "fsdp", None, None), "key": P(None, "fsdp", None, None),
+             "out": P(None, None, None, "fsdp"), "wi_gate": P(None, "fsdp", None),
+             "embedding": P(None, "fsdp")},
+    "tp": {"query": P(None, None, "tensor", None), "key": P(None, None, None, None),
+           "out": P(None, "tensor", None, None), "wi_gate": P(None, None, "tensor"),
+           "embedding": P("tensor", None)},
+    "fsdp_tp": {"query": P(None, "fsdp", "tensor", None), "key": P(None, "fsdp", None, None),
+                "out": P(None, "tensor", None, "fsdp"), "wi_gate": P(None, "fsdp", "tensor"),
+                "embedding": P("tensor", "fsdp")},
+}
+
+
+@pytest.mark.parametrize("rules_name", sorted(GOLDEN))
+def test_golden_partition_specs(lm, rules_name):
+  shardings = partition.param_shardings(lm, make_mesh(MESHES["2x4"]), get_rules(rules_name))
+  layer = shardings["decoder"]["layers"]
+  got = {"query": layer["attention"]["query"].spec, "key": layer["attention"]["key"].spec,
+         "out": layer["attention"]["out"].spec, "wi_gate": layer["mlp"]["wi_gate"].spec,
+         "embedding": shardings["token_embed"]["embedding"].spec}
+  assert got == GOLDEN[rules_name]
+  assert layer["attention_norm"]["scale"].spec == P(None, None)
+
+
+def test_init_sharded_creates_params_in_place(lm, reference):
+  mesh, rules = make_mesh(MESHES["2x4"]), get_rules("fsdp_tp")
+  params, shardings = partition.init_sharded(lm.init_boxed, mesh, rules, jax.random.PRNGKey(0))
+  assert jax.tree.map(lambda x: x.sharding, params) == shardings
+  query = params["decoder"]["layers"]["attention"]["query"]
+  assert query.sharding.spec == P(None, "fsdp", "tensor", None)
+  assert query.addressable_shards[0].data.shape == (2, 16, 2, 4)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), reference[0])
+
+
+def test_constrain_is_noop_without_mesh_and_drops_uneven_dims():
+  x = jnp.ones((3, 4))
+  assert partition.constrain(x, (axes.ACT_BATCH, axes.ACT_EMBED)) is x
+  mesh, rules = make_mesh({"data": 2, "tensor": 4}), get_rules("fsdp_tp")
+  spec = partition.mesh_spec((3, 8, 2), (axes.ACT_BATCH, axes.ACT_MLP, axes.ACT_KV_HEADS),
+                             rules, dict(mesh.shape))
+  assert spec == P(None, "tensor", None)  # Batch 3 over 2 and 2 kv heads over 4: replicated.
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+    y = jax.jit(lambda v: partition.constrain(v * 2, (axes.ACT_BATCH, axes.ACT_MLP)))(
+        jnp.ones((4, 8)))
+  assert y.sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"), "tensor")), 2)
+  assert partition.data_sharding(mesh) == NamedSharding(mesh, P(("data", "fsdp")))
+  unboxed = nn.unbox(lm_abstract := LanguageModel(CONFIG).abstract_init())
+  assert jax.tree.structure(unboxed) == jax.tree.structure(
+      partition.logical_shardings(lm_abstract, mesh, rules))
