@@ -1,0 +1,266 @@
+"""The input pipeline: TFDS source -> Grain shuffle -> tokenize -> causal LM -> pack -> batch.
+
+`DataConfig` says where the text comes from (local files, the stdlib default corpus, or a
+prepared TFDS dataset) and how to tokenize it. `make_train_iterator` returns an infinite Grain
+iterator of numpy batches in the llmjax batch format (inputs, targets, segment_ids, positions,
+weights; [b, t]) whose `get_state()` is a small JSON-serializable dict that restores the exact
+batch sequence; `make_eval_batches` returns a fixed list of batches from the held-out split.
+
+Every process builds the same *global* batch sequence and keeps its own rows (batch_size //
+process_count of them), so the data order does not depend on the number of hosts and the
+iterator state is the same on all of them (saving it from one process is enough). The price
+is that each host tokenizes the whole global batch: the pipeline runs at about a million
+tokens per second per host on one CPU core, far above what a host's accelerators consume in
+the runs this framework targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from llmjax.data import objectives, packing, tfds_text
+from llmjax.data import tokenizer as tokenizer_lib
+
+TOKENIZERS = ("sentencepiece", "byte")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+  """Where training text comes from and how it is tokenized.
+
+  Attributes:
+    text_files: a glob / path or several; None = the Python standard library's .py sources.
+    tfds_name: instead of text files, an already-prepared TFDS dataset ("name" or
+      "name/config:version"), never downloaded.
+    tfds_data_dir: where that dataset is prepared (None = TFDS's default).
+    tfds_train_split / tfds_eval_split: its split names (eval None = no evaluation).
+    text_feature: the dataset's text feature.
+    tokenizer: 'sentencepiece' (trained on the training text) or 'byte'.
+    vocab_size: SentencePiece vocabulary size to train.
+    max_train_text_mb: megabytes of text the SentencePiece trainer reads.
+    eval_fraction: share of local text files held out (by a hash of the path) for evaluation.
+    seed: shuffle seed; each epoch is reshuffled.
+    shuffle: shuffle training documents.
+    cache_dir: where local text files are prepared as a TFDS dataset; None = $LLMJAX_CACHE_DIR
+      or ~/.cache/llmjax/tfds. Datasets are keyed by a hash of the files, never reused stale.
+  """
+  text_files: str | tuple[str, ...] | None = None
+  tfds_name: str | None = None
+  tfds_data_dir: str | None = None
+  tfds_train_split: str = "train"
+  tfds_eval_split: str | None = "validation"
+  text_feature: str = "text"
+  tokenizer: str = "sentencepiece"
+  vocab_size: int = 4096
+  max_train_text_mb: float = 8.0
+  eval_fraction: float = 0.05
+  seed: int = 0
+  shuffle: bool = True
+  cache_dir: str | None = None
+
+  def __post_init__(self):
+    if isinstance(self.text_files, list | tuple):  # gin gives lists; keep the config hashable.
+      object.__setattr__(self, "text_files", tuple(os.fspath(p) for p in self.text_files))
+      if not self.text_files:
+        raise ValueError("DataConfig.text_files is empty; give a glob/path or None (stdlib).")
+    if self.text_files is not None and self.tfds_name is not None:
+      raise ValueError("set DataConfig.text_files or DataConfig.tfds_name, not both.")
+    if self.tokenizer not in TOKENIZERS:
+      raise ValueError(f"DataConfig.tokenizer={self.tokenizer!r}; choose one of {TOKENIZERS}.")
+    if self.tokenizer == "sentencepiece" and self.vocab_size < 300:
+      raise ValueError(f"DataConfig.vocab_size={self.vocab_size} is too small for SentencePiece "
+                       "(>= 300), or use tokenizer='byte'.")
+    if not 0.0 <= self.eval_fraction < 1.0:
+      raise ValueError(f"DataConfig.eval_fraction={self.eval_fraction} must be in [0, 1).")
+    if self.max_train_text_mb <= 0:
+      raise ValueError(f"DataConfig.max_train_text_mb={self.max_train_text_mb} must be > 0.")
+
+
+def default_cache_dir() -> str:
+  return os.environ.get("LLMJAX_CACHE_DIR") or os.path.join(
+      os.path.expanduser("~"), ".cache", "llmjax", "tfds")
+
+
+def prepare_dataset(data_cfg: DataConfig,
+                    data_dir: str | None = None) -> tuple[Any, Any | None, dict[str, Any]]:
+  """Prepares (once) and opens the data: returns (train_source, eval_source or None, stats).
+
+  Sources are random-access TFDS data sources of records with a text feature. Local files are
+  prepared under data_dir (default: data_cfg.cache_dir, see DataConfig).
+  """
+  if data_cfg.tfds_name is not None:
+    train = tfds_text.open_prepared(data_cfg.tfds_name, data_cfg.tfds_data_dir,
+                                    data_cfg.tfds_train_split)
+    valid = None
+    if data_cfg.tfds_eval_split:
+      valid = tfds_text.open_prepared(data_cfg.tfds_name, data_cfg.tfds_data_dir,
+                                      data_cfg.tfds_eval_split)
+    stats = {"tfds_name": data_cfg.tfds_name, "num_train_examples": len(train),
+             "num_validation_examples": len(valid) if valid is not None else 0}
+    return train, valid, stats
+  if data_cfg.text_files is None:
+    files = tfds_text.stdlib_files()
+  else:
+    files = tfds_text.resolve_files(data_cfg.text_files)
+  data_dir = data_dir or data_cfg.cache_dir or default_cache_dir()
+  builder, stats = tfds_text.prepare_local_text(files, data_dir,
+                                                eval_fraction=data_cfg.eval_fraction)
+  valid = (builder.as_data_source(split="validation")
+           if stats["num_validation_files"] else None)
+  return builder.as_data_source(split="train"), valid, stats
+
+
+def get_or_train_tokenizer(data_cfg: DataConfig, source: Any,
+                           tokenizer_dir: str | None = None) -> tokenizer_lib.Tokenizer:
+  """Loads the tokenizer saved in tokenizer_dir, else builds it (training on source) and saves.
+
+  SentencePiece trains on the first data_cfg.max_train_text_mb MB of the source's documents in
+  a fixed, seeded order, so the same data and config always give the same model.
+  """
+  if tokenizer_dir and os.path.exists(os.path.join(tokenizer_dir, tokenizer_lib.CONFIG_FILE)):
+    return tokenizer_lib.load_tokenizer(tokenizer_dir)
+  if data_cfg.tokenizer == "byte":
+    tok = tokenizer_lib.ByteTokenizer()
+  else:
+    order = np.random.default_rng(data_cfg.seed).permutation(len(source))
+    texts = (document_text(source[int(i)], data_cfg.text_feature) for i in order)
+    tok = tokenizer_lib.SentencePieceTokenizer.train(
+        texts, data_cfg.vocab_size, max_text_mb=data_cfg.max_train_text_mb)
+  if tokenizer_dir:
+    tok.save(tokenizer_dir)
+  return tok
+
+
+def make_tokenizer(data_cfg: DataConfig, data_dir: str | None = None,
+                   tokenizer_dir: str | None = None) -> tokenizer_lib.Tokenizer:
+  """prepare_dataset + get_or_train_tokenizer on the training split."""
+  train, _, _ = prepare_dataset(data_cfg, data_dir)
+  return get_or_train_tokenizer(data_cfg, train, tokenizer_dir)
+
+
+def document_text(record: Any, feature: str = "text") -> str:
+  """The text of one source record (TFDS gives Text features as UTF-8 bytes)."""
+  if isinstance(record, dict):
+    if feature not in record:
+      raise KeyError(f"records have no text feature {feature!r}; they have {sorted(record)}. "
+                     "Set DataConfig.text_feature.")
+    record = record[feature]
+  if isinstance(record, np.ndarray) and record.ndim == 0:
+    record = record.item()
+  if isinstance(record, bytes):
+    return record.decode("utf-8", errors="replace")
+  if isinstance(record, str):
+    return record
+  raise TypeError(f"text feature {feature!r} is a {type(record).__name__}, not text.")
+
+
+def _tokenize_fn(tokenizer: tokenizer_lib.Tokenizer, feature: str):
+  def tokenize(record: Any) -> dict[str, np.ndarray]:
+    ids = tokenizer.encode(document_text(record, feature))
+    return objectives.causal_lm_example(ids, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+  return tokenize
+
+
+def _resolve(source: Any, data_dir: str | None, split: str) -> Any:
+  if isinstance(source, DataConfig):
+    train, valid, _ = prepare_dataset(source, data_dir)
+    return train if split == "train" else valid
+  return source
+
+
+def _process_rows(batch_size: int, process_index: int | None,
+                  process_count: int | None) -> tuple[int, int]:
+  """(first row, rows) of this process's slice of a global batch."""
+  if process_index is None or process_count is None:
+    import jax  # Only for the defaults; the pipeline itself is numpy.
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if batch_size % process_count:
+    raise ValueError(f"global batch_size={batch_size} is not divisible by process_count="
+                     f"{process_count}: each process must get the same number of rows.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+  rows = batch_size // process_count
+  return process_index * rows, rows
+
+
+def make_train_iterator(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batch_size: int,
+                        seq_len: int, seed: int | None = None, process_index: int | None = None,
+                        process_count: int | None = None, data_dir: str | None = None,
+                        read_threads: int = 0) -> grain.DatasetIterator:
+  """An infinite iterator of this process's rows of each global training batch.
+
+  Args:
+    source: a random-access source of text records (e.g. prepare_dataset's train_source), or
+      a DataConfig (its training split is prepared/opened under data_dir).
+    tokenizer: encodes the text.
+    batch_size: the GLOBAL batch size; each batch holds batch_size // process_count rows.
+    seq_len: t, tokens per row.
+    seed: shuffle seed; default: the DataConfig's seed, else 0. Epochs are reshuffled.
+    process_index / process_count: which slice to keep; default jax.process_index()/count().
+    data_dir: with a DataConfig source, where local text is prepared.
+    read_threads: Grain read threads (0 = tokenize in the calling thread).
+
+  Returns:
+    A grain.DatasetIterator of dicts of numpy arrays ([b, t]); get_state() is JSON-serializable
+    and set_state() resumes the exact batch sequence.
+  """
+  shuffle = True
+  if isinstance(source, DataConfig):
+    seed = source.seed if seed is None else seed
+    shuffle = source.shuffle
+  seed = 0 if seed is None else seed
+  feature = source.text_feature if isinstance(source, DataConfig) else "text"
+  first, rows = _process_rows(batch_size, process_index, process_count)
+  src = _resolve(source, data_dir, "train")
+  if src is None or len(src) == 0:
+    raise ValueError("the training split is empty.")
+  ds = grain.MapDataset.source(src)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(None).map(_tokenize_fn(tokenizer, feature))  # repeat reseeds each epoch.
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                               prefetch_buffer_size=max(read_threads, 1) * 4))
+  it_ds = packing.PackIterDataset(it_ds, seq_len).batch(batch_size, drop_remainder=True)
+  if (first, rows) != (0, batch_size):
+    it_ds = it_ds.map(lambda b: {k: v[first:first + rows] for k, v in b.items()})
+  return it_ds.__iter__()
+
+
+def make_eval_batches(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batch_size: int,
+                      seq_len: int, num_batches: int, process_index: int | None = None,
+                      process_count: int | None = None, data_dir: str | None = None
+                      ) -> list[dict[str, np.ndarray]]:
+  """The first num_batches batches of the held-out data, in a fixed order (no shuffle).
+
+  Fewer batches are returned if the data runs out; the last one is padded with all-padding
+  rows (weights 0). With a DataConfig whose data has no evaluation split: an empty list.
+  Arguments are as in make_train_iterator.
+  """
+  feature = source.text_feature if isinstance(source, DataConfig) else "text"
+  first, rows = _process_rows(batch_size, process_index, process_count)
+  src = _resolve(source, data_dir, "validation")
+  if src is None or len(src) == 0 or num_batches <= 0:
+    return []
+  ds = grain.MapDataset.source(src).map(_tokenize_fn(tokenizer, feature))
+  rows_iter: Iterator[dict[str, np.ndarray]] = iter(
+      packing.PackIterDataset(ds.to_iter_dataset(grain.ReadOptions(num_threads=0)), seq_len))
+  batches = []
+  for _ in range(num_batches):
+    got = [r for _, r in zip(range(batch_size), rows_iter, strict=False)]
+    if not got:
+      break
+    batch = packing.empty_rows(batch_size, seq_len)
+    for i, r in enumerate(got):
+      for k in packing.FEATURES:
+        batch[k][i] = r[k]
+    batches.append({k: v[first:first + rows] for k, v in batch.items()})
+    if len(got) < batch_size:
+      break
+  return batches
