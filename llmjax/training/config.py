@@ -1,0 +1,103 @@
+"""Training configuration: one frozen, validated dataclass for the optimizer, step and loop.
+
+Configuration only; the optimizer is built in `optimizer.py` and the loop in `loop.py`. Every
+field is a plain int/float/bool so the config round-trips through gin and JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+  """How long and how to train.
+
+  Attributes:
+    train_steps: optimizer steps in the whole run. Raising it and re-running on the same workdir
+      extends a run (the cosine decay then stretches to the new end from that step on).
+    batch_size: global batch size in sequences (all processes and microbatches together).
+    seq_len: tokens per sequence (must be <= ModelConfig.max_seq_len).
+    seed: seeds parameter init and dropout (the data order has its own seed in DataConfig).
+    learning_rate: peak learning rate, reached after warmup_steps.
+    end_learning_rate_ratio: the cosine decay ends at learning_rate * this at train_steps.
+    warmup_steps: linear warmup from 0 to learning_rate.
+    weight_decay: decoupled AdamW weight decay (not applied to norms, biases, 1-D vectors).
+    b1, b2, eps: Adam moments and epsilon.
+    clip_norm: clip gradients to this global norm; 0 disables clipping.
+    microbatches: gradient accumulation: split each batch into this many sequential pieces.
+    z_loss: weight of the log(Z)^2 auxiliary loss (0 disables it).
+    log_every: write a metrics.jsonl / TensorBoard line every this many steps.
+    eval_every: evaluate every this many steps (0: only at the end).
+    eval_batches: number of fixed held-out batches per evaluation (0 disables eval).
+    checkpoint_every: save a checkpoint every this many steps (the last step is always saved).
+    keep_checkpoints: how many recent checkpoints to keep on disk.
+    async_checkpointing: write checkpoints in a background thread while training continues.
+  """
+
+  train_steps: int = 1000
+  batch_size: int = 32
+  seq_len: int = 256
+  seed: int = 0
+  learning_rate: float = 3e-4
+  end_learning_rate_ratio: float = 0.1
+  warmup_steps: int = 100
+  weight_decay: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  clip_norm: float = 1.0
+  microbatches: int = 1
+  z_loss: float = 0.0
+  log_every: int = 10
+  eval_every: int = 200
+  eval_batches: int = 4
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  async_checkpointing: bool = True
+
+  def __post_init__(self):
+    for name in ("train_steps", "batch_size", "seq_len", "microbatches", "log_every",
+                 "checkpoint_every", "keep_checkpoints"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}.")
+    for name in ("warmup_steps", "eval_every", "eval_batches", "weight_decay", "clip_norm",
+                 "z_loss", "eps"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}.")
+    if self.learning_rate <= 0:
+      raise ValueError(f"TrainConfig.learning_rate must be positive, got {self.learning_rate}.")
+    if not 0.0 <= self.end_learning_rate_ratio <= 1.0:
+      raise ValueError("TrainConfig.end_learning_rate_ratio must be in [0, 1], got "
+                       f"{self.end_learning_rate_ratio}.")
+    for name in ("b1", "b2"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}.")
+    if self.batch_size % self.microbatches:
+      raise ValueError(
+          f"TrainConfig.batch_size={self.batch_size} is not divisible by "
+          f"microbatches={self.microbatches}: pick microbatches among the divisors of batch_size.")
+    if self.warmup_steps > self.train_steps:
+      raise ValueError(
+          f"TrainConfig.warmup_steps={self.warmup_steps} exceeds train_steps="
+          f"{self.train_steps}: lower warmup_steps or raise train_steps.")
+
+  @property
+  def microbatch_size(self) -> int:
+    return self.batch_size // self.microbatches
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.batch_size * self.seq_len
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> TrainConfig:
+    return cls(**json.loads(text))
+
+  def replace(self, **changes: Any) -> TrainConfig:
+    return dataclasses.replace(self, **changes)

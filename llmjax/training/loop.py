@@ -1,0 +1,286 @@
+"""`train()`: the driver that turns four config dataclasses and a workdir into a trained model.
+
+Reads top to bottom: check the workdir's saved config -> validate -> write the run files ->
+tokenizer + data -> mesh + rules -> sharded state (fresh or restored) -> compile -> loop.
+Everything a resumed run needs (params, optimizer state, rng, step, the data iterator's
+position) comes from the checkpoint and nothing in the math depends on wall-clock time or on
+whether the run was resumed, so a run killed at any point (even kill -9) and restarted ends
+with bitwise the same parameters as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from llmjax.data import pipeline
+from llmjax.data import tokenizer as tokenizer_lib
+from llmjax.models.config import ModelConfig
+from llmjax.models.interface import LanguageModel
+from llmjax.sharding import mesh as mesh_lib
+from llmjax.sharding import partition
+from llmjax.sharding import rules as rules_lib
+from llmjax.training import checkpoint as ckpt_lib
+from llmjax.training import metrics as metrics_lib
+from llmjax.training import state as state_lib
+from llmjax.training import step as step_lib
+from llmjax.training.config import TrainConfig
+from llmjax.training.optimizer import make_optimizer
+
+RUN_CONFIG = "run_config.json"
+# Fields that may differ between a workdir's saved config and a resumed run; any other change
+# (model shape, tokenizer, data, seq_len, batch_size, seed, optimizer) is refused because the
+# checkpoint would no longer mean what the new config says.
+RESUMABLE_CHANGES = frozenset({
+    "train.train_steps", "train.log_every", "train.eval_every", "train.eval_batches",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpointing",
+    "train.microbatches",  # Same math up to float reassociation; a memory knob.
+    "model.remat_policy", "model.attention_impl",  # Same math, different memory/kernels.
+    "mesh.shape", "mesh.rules",  # Checkpoints restore onto any mesh.
+    "data.cache_dir", "data.tfds_data_dir",  # Where the same data lives.
+})
+
+
+def run_config(model: ModelConfig, data: Any, train: TrainConfig, mesh: Any) -> dict:
+  """The JSON-able record of all four configs, as written to DIR/run_config.json."""
+  record = {name: dataclasses.asdict(cfg) for name, cfg in
+            (("model", model), ("data", data), ("train", train), ("mesh", mesh))}
+  return json.loads(json.dumps(record))  # Tuples -> lists, as they read back from disk.
+
+
+def config_diff(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+  """(dotted field, old value, new value) for every field that differs."""
+  diffs = []
+  for section in sorted(set(old) | set(new)):
+    a, b = old.get(section, {}), new.get(section, {})
+    for field in sorted(set(a) | set(b)):
+      if a.get(field, "<missing>") != b.get(field, "<missing>"):
+        diffs.append((f"{section}.{field}", a.get(field, "<missing>"), b.get(field, "<missing>")))
+  return diffs
+
+
+def check_resume_compatible(workdir: str, new: dict) -> None:
+  """Raises ValueError (touching nothing) if the workdir was made by an incompatible config."""
+  path = os.path.join(workdir, RUN_CONFIG)
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    old = json.load(f)
+  bad = [d for d in config_diff(old, new) if d[0] not in RESUMABLE_CHANGES]
+  if bad:
+    lines = "\n".join(f"  {name}: {a!r} -> {b!r}" for name, a, b in bad)
+    raise ValueError(
+        f"{workdir} holds a run with a different configuration; refusing to resume it:\n"
+        f"{lines}\nUse a new --workdir, or revert these fields. (Fields that may change on "
+        f"resume: {', '.join(sorted(RESUMABLE_CHANGES))}.)")
+
+
+def check_vocab(model: ModelConfig, vocab_size: int) -> None:
+  """The model's embedding table must cover every tokenizer id."""
+  if vocab_size > model.vocab_size:
+    raise ValueError(f"the tokenizer has {vocab_size} tokens but ModelConfig.vocab_size="
+                     f"{model.vocab_size}: set ModelConfig.vocab_size >= {vocab_size}.")
+
+
+def validate(model: ModelConfig, train: TrainConfig, mesh: jax.sharding.Mesh) -> None:
+  """Checks that the configs fit together, before any data is read or anything compiled."""
+  if train.seq_len > model.max_seq_len:
+    raise ValueError(f"TrainConfig.seq_len={train.seq_len} exceeds ModelConfig.max_seq_len="
+                     f"{model.max_seq_len}: lower seq_len or raise max_seq_len.")
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if train.microbatch_size % shards:
+    raise ValueError(
+        f"the batch is split over data x fsdp = {shards} devices, but each microbatch has "
+        f"{train.microbatch_size} rows (batch_size={train.batch_size} / microbatches="
+        f"{train.microbatches}): make batch_size / microbatches a multiple of {shards}.")
+  if train.batch_size % jax.process_count():
+    raise ValueError(f"TrainConfig.batch_size={train.batch_size} must be divisible by the "
+                     f"number of processes ({jax.process_count()}).")
+
+
+def _write_run_files(workdir: str, record: dict, operative_config: str | None,
+                     tokenizer: Any) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  _write_text(os.path.join(workdir, RUN_CONFIG), json.dumps(record, indent=2, sort_keys=True))
+  if operative_config is not None:
+    _write_text(os.path.join(workdir, "config.gin"), operative_config)
+  tokenizer_dir = os.path.join(workdir, "tokenizer")
+  if not os.path.exists(os.path.join(tokenizer_dir, tokenizer_lib.CONFIG_FILE)):
+    tokenizer.save(tokenizer_dir)
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)  # Atomic: a killed write never leaves half a file.
+
+
+def _to_global(batch: dict, sharding: jax.sharding.NamedSharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def _evaluate(eval_step, params, eval_batches: list[dict]) -> dict[str, float]:
+  results = jax.device_get([eval_step(params, batch) for batch in eval_batches])
+  total = sum(float(r["weight_sum"]) for r in results)
+  denom = max(total, 1e-8)
+  return {
+      "eval_loss": sum(float(r["loss"]) * float(r["weight_sum"]) for r in results) / denom,
+      "eval_accuracy": sum(float(r["accuracy"]) * float(r["weight_sum"]) for r in results) / denom,
+      "eval_tokens": total,
+  }
+
+
+def train(*, model: ModelConfig, data: Any, train: TrainConfig, mesh: Any, workdir: str,
+          operative_config: str | None = None) -> dict:
+  """Trains (or resumes) a model in `workdir`; returns the final metrics.
+
+  Args:
+    model: the ModelConfig.
+    data: the DataConfig (llmjax.data.pipeline).
+    train: the TrainConfig.
+    mesh: the MeshConfig (llmjax.sharding.mesh).
+    workdir: run directory; if it holds a checkpoint, training resumes from the latest one.
+    operative_config: gin's operative config text, saved as DIR/config.gin.
+
+  Returns:
+    The last logged training metrics, merged with the last evaluation's (`eval_loss`, ...).
+
+  Raises:
+    ValueError: incompatible configs, or a workdir made by an incompatible config.
+  """
+  workdir = os.path.abspath(os.fspath(workdir))
+  record = run_config(model, data, train, mesh)
+  check_resume_compatible(workdir, record)  # Before touching anything.
+  device_mesh = mesh_lib.make_mesh(mesh.shape)  # Raises if the shape does not fit the devices.
+  rules = rules_lib.get_rules(mesh.rules)
+  validate(model, train, device_mesh)
+  train_source, _, _ = pipeline.prepare_dataset(data)
+  tokenizer = _load_or_build_tokenizer(data, workdir, train_source)
+  check_vocab(model, tokenizer.vocab_size)
+  _write_run_files(workdir, record, operative_config, tokenizer)
+
+  lm = LanguageModel(model)
+  optimizer, schedule = make_optimizer(train)
+  boxed_init = lambda rng: lm.init_boxed(rng, batch_size=1, seq_len=train.seq_len)
+  abstract_state, shardings = state_lib.state_shardings(boxed_init, optimizer, device_mesh, rules)
+  data_sharding = partition.data_sharding(device_mesh)
+
+  # Given the DataConfig (not the source) so it applies shuffle/seed/text_feature; the
+  # prepared dataset is cached, so this does not prepare it again.
+  train_iter = pipeline.make_train_iterator(
+      data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len)
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=train.keep_checkpoints,
+                               async_save=train.async_checkpointing)
+  if ckpt.latest_step() is not None:
+    state, iter_state = ckpt.restore(abstract_state)
+    if iter_state is not None:
+      train_iter.set_state(iter_state)
+  else:
+    state, _ = state_lib.create_train_state(boxed_init, optimizer, train.seed, device_mesh, rules)
+  start = int(jax.device_get(state.step))
+
+  writer = metrics_lib.MetricsWriter(workdir)
+  writer.drop_after(start)
+  final: dict[str, Any] = {"step": start}
+  try:
+    if start >= train.train_steps:
+      print(f"llmjax: {workdir} is already at step {start} >= train_steps={train.train_steps}; "
+            "raise TrainConfig.train_steps to continue.", file=sys.stderr)
+      return final
+    final = _run_loop(lm=lm, train=train, data=data, tokenizer=tokenizer, mesh=device_mesh,
+                      rules=rules, state=state, abstract_state=abstract_state,
+                      shardings=shardings, data_sharding=data_sharding, optimizer=optimizer,
+                      schedule=schedule, train_iter=train_iter, ckpt=ckpt, writer=writer,
+                      start=start)
+  finally:
+    ckpt.close()  # Waits for async saves.
+    writer.close()
+  return final
+
+
+def _load_or_build_tokenizer(data: Any, workdir: str, train_source: Any) -> Any:
+  """The workdir's tokenizer on resume (never retrained), else the one the data config says.
+
+  A new tokenizer is not saved here: the run files are written only after validation.
+  """
+  saved = os.path.join(workdir, "tokenizer")
+  if os.path.exists(os.path.join(saved, tokenizer_lib.CONFIG_FILE)):
+    return tokenizer_lib.load_tokenizer(saved)
+  return pipeline.get_or_train_tokenizer(data, train_source, tokenizer_dir=None)
+
+
+def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state, shardings,
+              data_sharding, optimizer, schedule, train_iter, ckpt, writer, start) -> dict:
+  first = next(train_iter)  # Its shapes/dtypes (with the global batch size) define the step.
+  abstract_batch = {k: jax.ShapeDtypeStruct((train.batch_size,) + np.shape(v)[1:],
+                                            np.asarray(v).dtype) for k, v in first.items()}
+  train_step = step_lib.compile_train_step(
+      lm, optimizer, train, mesh, rules, shardings, abstract_state, abstract_batch,
+      data_sharding, schedule)
+  eval_batches, eval_step = [], None
+  if train.eval_batches > 0:
+    eval_batches = [_to_global(b, data_sharding) for b in pipeline.make_eval_batches(
+        data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
+        num_batches=train.eval_batches)]
+    if eval_batches:
+      eval_step = step_lib.compile_eval_step(lm, mesh, rules, shardings.params,
+                                             abstract_state.params, abstract_batch,
+                                             data_sharding)
+  flops_per_token = float(lm.flops_per_token(train.seq_len))
+  peak = metrics_lib.device_peak_flops()
+  is_main = jax.process_index() == 0
+
+  bar = tqdm(total=train.train_steps, initial=start, desc="train", unit="step",
+             disable=not is_main, dynamic_ncols=True)
+  pending: list[dict] = []  # Device-side metrics since the last log; fetched only at logs.
+  last_log_time, last_log_step = time.perf_counter(), start  # Compilation is already done.
+  paused = 0.0  # Seconds spent in eval and checkpoint saves since the last log.
+  final: dict[str, Any] = {}
+  batch = first
+  for step in range(start, train.train_steps):
+    if step > start:
+      batch = next(train_iter)
+    state, metrics = train_step(state, _to_global(batch, data_sharding))
+    pending.append(metrics)
+    done = step + 1
+    bar.update(1)
+    last = done == train.train_steps
+    if done % train.log_every == 0 or last:
+      fetched = jax.device_get(pending)
+      now = time.perf_counter()
+      elapsed = max(now - last_log_time - paused, 1e-9)
+      tokens_per_sec = (done - last_log_step) * train.tokens_per_step / elapsed
+      last_log_time, last_log_step, pending, paused = now, done, [], 0.0
+      # Averages over the steps since the last log; the learning rate is the current one.
+      record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+      record["learning_rate"] = float(fetched[-1]["learning_rate"])
+      record["tokens"] = float(done * train.tokens_per_step)
+      record["tokens_per_sec"] = tokens_per_sec
+      record["mfu"] = metrics_lib.mfu(tokens_per_sec, flops_per_token, peak_flops=peak)
+      final.update(writer.write(done, record))
+      bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
+    if eval_step is not None and ((train.eval_every and done % train.eval_every == 0) or last):
+      jax.block_until_ready(metrics)  # So the pause below holds no training compute.
+      pause_start = time.perf_counter()
+      final.update(writer.write(done, _evaluate(eval_step, state.params, eval_batches)))
+      paused += time.perf_counter() - pause_start  # Kept out of tokens/s.
+    if done % train.checkpoint_every == 0 or last:
+      jax.block_until_ready(metrics)
+      pause_start = time.perf_counter()
+      ckpt.save(done, state, train_iter.get_state())
+      paused += time.perf_counter() - pause_start
+  bar.close()
+  final["step"] = int(jax.device_get(state.step))
+  return final
