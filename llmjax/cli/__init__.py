@@ -1,0 +1,39 @@
+"""The `llmjax` command: one thin subcommand module per verb over the library.
+
+This package is the only place that imports gin (DESIGN.md, principle 2).
+"""
+
+from __future__ import annotations
+
+import sys
+
+_USAGE = """usage: llmjax <command> [flags]
+
+commands:
+  train       train (or resume) a model:  llmjax train --gin_file=F --workdir=DIR [--gin.NAME=VALUE]
+  sample      print completions:          llmjax sample --workdir=DIR --prompt=TEXT
+  tokenizer   tokenizer tools:            llmjax tokenizer train --text_files=GLOB --output=DIR
+
+Run `llmjax <command> --help` for the flags of one command.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Entry point of the `llmjax` console script."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(_USAGE)
+    return 0
+  command, rest = argv[0], argv[1:]
+  # Imported lazily so `llmjax --help` and typos answer without importing jax.
+  if command == "train":
+    from llmjax.cli import train
+    return train.main(rest)
+  if command == "sample":
+    from llmjax.cli import sample
+    return sample.main(rest)
+  if command == "tokenizer":
+    from llmjax.cli import tokenizer
+    return tokenizer.main(rest)
+  print(f"llmjax: unknown command {command!r}.\n\n{_USAGE}", file=sys.stderr)
+  return 2

@@ -42,6 +42,8 @@ class DataConfig:
     tfds_train_split / tfds_eval_split: its split names (eval None = no evaluation).
     text_feature: the dataset's text feature.
     tokenizer: 'sentencepiece' (trained on the training text) or 'byte'.
+    tokenizer_dir: a saved tokenizer to use instead of building one (a directory written by
+      `llmjax tokenizer train` or another run's DIR/tokenizer); its kind must match `tokenizer`.
     vocab_size: SentencePiece vocabulary size to train.
     max_train_text_mb: megabytes of text the SentencePiece trainer reads.
     eval_fraction: share of local text files held out (by a hash of the path) for evaluation.
@@ -57,6 +59,7 @@ class DataConfig:
   tfds_eval_split: str | None = "validation"
   text_feature: str = "text"
   tokenizer: str = "sentencepiece"
+  tokenizer_dir: str | None = None
   vocab_size: int = 4096
   max_train_text_mb: float = 8.0
   eval_fraction: float = 0.05
@@ -73,6 +76,11 @@ class DataConfig:
       raise ValueError("set DataConfig.text_files or DataConfig.tfds_name, not both.")
     if self.tokenizer not in TOKENIZERS:
       raise ValueError(f"DataConfig.tokenizer={self.tokenizer!r}; choose one of {TOKENIZERS}.")
+    if self.tokenizer_dir is not None and not os.path.isfile(
+        os.path.join(self.tokenizer_dir, tokenizer_lib.CONFIG_FILE)):
+      raise ValueError(f"DataConfig.tokenizer_dir={self.tokenizer_dir!r} holds no saved tokenizer "
+                       f"({tokenizer_lib.CONFIG_FILE} is missing); make one with `llmjax tokenizer "
+                       "train --output=DIR` or leave tokenizer_dir unset to train one.")
     if self.tokenizer == "sentencepiece" and self.vocab_size < 300:
       raise ValueError(f"DataConfig.vocab_size={self.vocab_size} is too small for SentencePiece "
                        "(>= 300), or use tokenizer='byte'.")
@@ -120,12 +128,19 @@ def get_or_train_tokenizer(data_cfg: DataConfig, source: Any,
                            tokenizer_dir: str | None = None) -> tokenizer_lib.Tokenizer:
   """Loads the tokenizer saved in tokenizer_dir, else builds it (training on source) and saves.
 
+  `data_cfg.tokenizer_dir`, when set, is the tokenizer to use (loaded, never retrained).
   SentencePiece trains on the first data_cfg.max_train_text_mb MB of the source's documents in
   a fixed, seeded order, so the same data and config always give the same model.
   """
   if tokenizer_dir and os.path.exists(os.path.join(tokenizer_dir, tokenizer_lib.CONFIG_FILE)):
     return tokenizer_lib.load_tokenizer(tokenizer_dir)
-  if data_cfg.tokenizer == "byte":
+  if data_cfg.tokenizer_dir is not None:
+    tok = tokenizer_lib.load_tokenizer(data_cfg.tokenizer_dir)
+    if tok.kind != data_cfg.tokenizer:
+      raise ValueError(f"DataConfig.tokenizer_dir={data_cfg.tokenizer_dir!r} holds a {tok.kind!r} "
+                       f"tokenizer but DataConfig.tokenizer={data_cfg.tokenizer!r}: set "
+                       f"DataConfig.tokenizer = {tok.kind!r}.")
+  elif data_cfg.tokenizer == "byte":
     tok = tokenizer_lib.ByteTokenizer()
   else:
     order = np.random.default_rng(data_cfg.seed).permutation(len(source))

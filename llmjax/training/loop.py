@@ -255,7 +255,6 @@ def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state,
     state, metrics = train_step(state, _to_global(batch, data_sharding))
     pending.append(metrics)
     done = step + 1
-    bar.update(1)
     last = done == train.train_steps
     if done % train.log_every == 0 or last:
       fetched = jax.device_get(pending)
@@ -270,6 +269,9 @@ def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state,
       record["tokens_per_sec"] = tokens_per_sec
       record["mfu"] = metrics_lib.mfu(tokens_per_sec, flops_per_token, peak_flops=peak)
       final.update(writer.write(done, record))
+      # Advanced only here, where the device has caught up: steps are dispatched
+      # asynchronously, so counting dispatches would show a burst and then a stall.
+      bar.update(done - bar.n)
       bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
     if eval_step is not None and ((train.eval_every and done % train.eval_every == 0) or last):
       jax.block_until_ready(metrics)  # So the pause below holds no training compute.

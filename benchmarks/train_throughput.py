@@ -1,0 +1,128 @@
+"""Training throughput of a gin-configured model: tokens/s, step time, compile time, MFU.
+
+  python benchmarks/train_throughput.py --gin_file=gin_configs/runs/quickstart.gin \
+      [--gin_file=gin_configs/models/gpt2_small.gin] [--gin.BATCH_SIZE=8] [--repeats=5]
+
+The model, batch, sequence length, optimizer and mesh come from gin exactly as in
+`llmjax train`; the tokens are synthetic (uniform random ids), so no data is prepared and the
+input pipeline is out of the measurement (benchmarks/input_pipeline.py measures it). The step
+is the trainer's own compiled, donated step. The last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run from a source checkout.
+
+from llmjax.cli import gin_config  # noqa: E402
+from llmjax.models.interface import LanguageModel  # noqa: E402
+from llmjax.sharding import mesh as mesh_lib  # noqa: E402
+from llmjax.sharding import partition  # noqa: E402
+from llmjax.sharding import rules as rules_lib  # noqa: E402
+from llmjax.training import metrics as metrics_lib  # noqa: E402
+from llmjax.training import state as state_lib  # noqa: E402
+from llmjax.training import step as step_lib  # noqa: E402
+from llmjax.training.loop import validate  # noqa: E402
+from llmjax.training.optimizer import make_optimizer  # noqa: E402
+
+
+def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int) -> dict:
+  """One packed batch in the trainer's format: a single document per row."""
+  tokens = rng.integers(3, vocab, size=(batch, seq_len + 1), dtype=np.int32)
+  return {
+      "inputs": tokens[:, :-1],
+      "targets": tokens[:, 1:],
+      "segment_ids": np.ones((batch, seq_len), np.int32),
+      "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy(),
+      "weights": np.ones((batch, seq_len), np.float32),
+  }
+
+
+def main(argv: list[str]) -> dict:
+  rest, bindings = gin_config.split_gin_flags(argv)
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--gin_file", action="append", default=[])
+  parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  args = parser.parse_args(rest)
+  gin_config.parse(args.gin_file or ["runs/quickstart.gin"], bindings)
+  configs = gin_config.build_all()
+  model_cfg, train_cfg, mesh_cfg = configs["model"], configs["train"], configs["mesh"]
+
+  mesh = mesh_lib.make_mesh(mesh_cfg.shape)
+  rules = rules_lib.get_rules(mesh_cfg.rules)
+  validate(model_cfg, train_cfg, mesh)
+  lm = LanguageModel(model_cfg)
+  optimizer, schedule = make_optimizer(train_cfg)
+  boxed_init = lambda rng: lm.init_boxed(rng, batch_size=1, seq_len=train_cfg.seq_len)
+  abstract_state, shardings = state_lib.state_shardings(boxed_init, optimizer, mesh, rules)
+  state, _ = state_lib.create_train_state(boxed_init, optimizer, train_cfg.seed, mesh, rules)
+  batch_sharding = partition.data_sharding(mesh)
+
+  rng = np.random.default_rng(0)
+  host_batch = synthetic_batch(rng, train_cfg.batch_size, train_cfg.seq_len, model_cfg.vocab_size)
+  batch = {k: jax.device_put(v, batch_sharding) for k, v in host_batch.items()}
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+
+  start = time.perf_counter()
+  train_step = step_lib.compile_train_step(lm, optimizer, train_cfg, mesh, rules, shardings,
+                                           abstract_state, abstract_batch, batch_sharding,
+                                           schedule)
+  compile_s = time.perf_counter() - start
+  for _ in range(args.warmup):
+    state, metrics = train_step(state, batch)
+  jax.block_until_ready(metrics)
+
+  step_times = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      state, metrics = train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    step_times.append((time.perf_counter() - start) / args.steps)
+
+  tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
+  rates = [tokens_per_step / t for t in step_times]
+  flops_per_token = float(lm.flops_per_token(train_cfg.seq_len))
+  peak = metrics_lib.device_peak_flops()
+  median = statistics.median(rates)
+  return {
+      "benchmark": "train_throughput",
+      "gin_files": args.gin_file,
+      "bindings": bindings,
+      "tokens_per_sec": median,
+      "tokens_per_sec_min": min(rates),
+      "tokens_per_sec_max": max(rates),
+      "step_time_s": statistics.median(step_times),
+      "compile_time_s": compile_s,
+      "mfu": metrics_lib.mfu(median, flops_per_token, peak_flops=peak),
+      "flops_per_token": flops_per_token,
+      "peak_flops_per_device": peak,
+      "peak_source": "table" if jax.devices()[0].platform != "cpu" else "measured fp32 matmul",
+      "num_params": lm.num_params(),
+      "batch_size": train_cfg.batch_size,
+      "seq_len": train_cfg.seq_len,
+      "mesh": dict(mesh.shape),
+      "rules": mesh_cfg.rules,
+      "device": jax.devices()[0].device_kind,
+      "num_devices": jax.device_count(),
+      "jax_version": jax.__version__,
+      "python": platform.python_version(),
+      "final_loss": float(jax.device_get(metrics["loss"])),
+  }
+
+
+if __name__ == "__main__":
+  result = main(sys.argv[1:])
+  print(json.dumps(result))
