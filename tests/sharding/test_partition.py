@@ -19,6 +19,17 @@ from llmjax.sharding.rules import get_rules
 CONFIG = ModelConfig(vocab_size=64, num_layers=2, num_heads=8, num_kv_heads=2, embed_dim=32,
                      mlp_dim=64, max_seq_len=16)
 MESHES = {"1x8": {"fsdp": 8}, "2x4": {"fsdp": 2, "tensor": 4}, "8x1": {"data": 8}}
+# The 2-D meshes of the sharded == unsharded grid: "AxB" puts A devices on the first and B on
+# the second of the two mesh axes the rule set shards over.
+RULE_AXES = {"dp": ("data", "fsdp"), "fsdp": ("data", "fsdp"), "tp": ("data", "tensor"),
+             "fsdp_tp": ("fsdp", "tensor")}
+GRID = [(rules_name, shape) for rules_name in RULE_AXES for shape in ("1x8", "2x4", "8x1")]
+
+
+def _grid_mesh(rules_name: str, shape: str) -> dict[str, int]:
+  first, second = RULE_AXES[rules_name]
+  a, b = (int(n) for n in shape.split("x"))
+  return {"data": 1, "fsdp": 1, "tensor": 1} | {first: a, second: b}
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +62,10 @@ def _loss_and_grads(lm):
   return fn
 
 
-@pytest.mark.parametrize("rules_name,mesh_name", [
-    ("dp", "8x1"), ("fsdp", "1x8"), ("tp", "2x4"), ("fsdp_tp", "2x4"), ("fsdp_tp", "1x8"),
-    ("fsdp_tp", "8x1"),
-])
+@pytest.mark.parametrize("rules_name,mesh_name", GRID)
 def test_sharded_matches_unsharded(lm, reference, rules_name, mesh_name):
   params, batch, ((loss, (aux, logits)), grads) = reference
-  mesh, rules = make_mesh(MESHES[mesh_name]), get_rules(rules_name)
+  mesh, rules = make_mesh(_grid_mesh(rules_name, mesh_name)), get_rules(rules_name)
   shardings = partition.param_shardings(lm, mesh, rules)
   sharded_params = jax.device_put(params, shardings)
   sharded_batch = jax.device_put(batch, partition.data_sharding(mesh))
