@@ -42,5 +42,11 @@ def main(argv: list[str]) -> int:
   _quiet_library_logs()
   from llmjax.training.loop import train  # After config errors, which need no jax.
 
-  train(**configs, workdir=args.workdir, operative_config=gin_config.operative_config())
+  try:
+    train(**configs, workdir=args.workdir, operative_config=gin_config.operative_config())
+  except ValueError as e:
+    # Config checks (mesh vs devices, vocab, resume compatibility) raise ValueError before
+    # anything is compiled or written; their message is the whole story, a traceback is noise.
+    print(f"llmjax train: {e}", file=sys.stderr)
+    return 2
   return 0

@@ -89,10 +89,11 @@ def test_rerun_on_finished_workdir_resumes_without_training(workdir, corpus, cap
 def test_incompatible_rerun_exits_2_and_touches_nothing(workdir, corpus, capsys):
   files = {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)}
   cache = os.path.join(corpus, "cache")
-  with pytest.raises(ValueError, match=r"model.embed_dim: 32 -> 48"):
-    main(["train", "--gin_file=gin_configs/runs/quickstart.gin", f"--workdir={workdir}",
-          f"--gin.TEXT_FILES={corpus}/*.py", f"--gin.DataConfig.cache_dir={cache}", *_SMALL,
-          "--gin.ModelConfig.embed_dim=48"])
+  code = main(["train", "--gin_file=gin_configs/runs/quickstart.gin", f"--workdir={workdir}",
+               f"--gin.TEXT_FILES={corpus}/*.py", f"--gin.DataConfig.cache_dir={cache}", *_SMALL,
+               "--gin.ModelConfig.embed_dim=48"])
+  assert code == 2
+  assert "model.embed_dim: 32 -> 48" in capsys.readouterr().err
   assert {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)} == files
 
 
@@ -101,6 +102,14 @@ def test_unknown_binding_exits_2_with_close_matches(tmp_path, capsys):
                f"--workdir={tmp_path / 'w'}", "--gin.TRAIN_STEPZ=3"])
   assert code == 2
   assert "Did you mean: TRAIN_STEPS" in capsys.readouterr().err
+  assert not (tmp_path / "w").exists()
+
+
+def test_mesh_that_does_not_fit_the_devices_exits_2(tmp_path, capsys):
+  code = main(["train", "--gin_file=gin_configs/runs/quickstart.gin",
+               f"--workdir={tmp_path / 'w'}", "--gin.MeshConfig.shape={'data': 3}"])
+  assert code == 2
+  assert "uses 3 devices" in capsys.readouterr().err
   assert not (tmp_path / "w").exists()
 
 
