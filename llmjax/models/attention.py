@@ -1,13 +1,17 @@
-"""Causal self-attention: multi-head, grouped-query (GQA) and multi-query (MQA).
+"""Attention: self- and cross-attention, multi-head, grouped-query (GQA) and multi-query (MQA).
 
 Projections are einsums over explicitly named kernels (q: [d, h, k], k/v: [d, g, k],
 out: [h, k, d]); the attention itself is `jax.nn.dot_product_attention` in [b, t, h, k]
-layout, which handles g < h natively and lets GPUs pick cuDNN flash attention.
+layout, which handles g < h natively, takes position biases (T5, ALiBi) through its `bias`
+argument and lets GPUs pick cuDNN flash attention.
 
-Masks: without a cache, a query attends to earlier-or-equal keys of the same segment of its
-row (packed documents never see each other; padding, segment 0, only sees padding, so no row
-is ever fully masked and no NaN appears). With a cache, each token's k/v are first written at
-slot `positions[b, t]` of its row, then a query at position p attends to slots j <= p.
+Masks are built once per stack (not per layer) by the functions below. Without a cache, a
+query attends to keys of the same segment of its row (causal stacks: earlier-or-equal keys;
+sliding windows: only the nearest ones); padding, segment 0, only sees padding, so no row is
+ever fully masked and no NaN appears. With a cache, each token's k/v are first written at slot
+`positions[b, t]` of its row, then a query at position p attends to slots j <= p.
+Cross-attention reads keys/values computed from the encoder output (or precomputed once into
+the cache for decoding) and never applies rotary angles: the two streams share no positions.
 """
 
 from __future__ import annotations
@@ -24,17 +28,36 @@ from llmjax.sharding.partition import constrain
 LayerCache = dict[str, jax.Array]  # {"k": [b, s, g, k], "v": [b, s, g, k]}
 
 
-def make_segment_mask(segment_ids: jax.Array) -> jax.Array:
-  """[b, t] segment ids -> [b, 1, t, t] bool: causal and within the same segment."""
+def _window(offset: jax.Array, window: int | None, causal: bool) -> jax.Array | bool:
+  """Sliding-window visibility of keys `offset = q - k` positions behind the query."""
+  if window is None:
+    return True
+  return offset < window if causal else jnp.abs(offset) < window
+
+
+def make_segment_mask(segment_ids: jax.Array, *, causal: bool = True,
+                      window: int | None = None) -> jax.Array:
+  """[b, t] segment ids -> [b, 1, t, t] bool: same segment (and causal / within the window)."""
   t = segment_ids.shape[-1]
-  causal = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]  # [t, s]
+  offset = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]  # [t, s]: q - k
+  visible = (offset >= 0) if causal else jnp.ones((t, t), bool)
+  visible = visible & _window(offset, window, causal)
   same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [b, t, s]
-  return (causal[None] & same)[:, None]
+  return (visible[None] & same)[:, None]
 
 
-def make_cache_mask(positions: jax.Array, cache_len: int) -> jax.Array:
-  """[b, t] query positions -> [b, 1, t, s] bool: slot j visible iff j <= position."""
-  return (jnp.arange(cache_len)[None, None, :] <= positions[:, :, None])[:, None]
+def make_cache_mask(positions: jax.Array, cache_len: int, *,
+                    window: int | None = None) -> jax.Array:
+  """[b, t] query positions -> [b, 1, t, s] bool: slot j visible iff j <= position (and
+  position - j < window)."""
+  offset = positions[:, :, None] - jnp.arange(cache_len)[None, None, :]  # [b, t, s]
+  return ((offset >= 0) & _window(offset, window, True))[:, None]
+
+
+def make_cross_mask(segment_ids: jax.Array, encoder_segment_ids: jax.Array) -> jax.Array:
+  """[b, t] decoder and [b, s] encoder segment ids -> [b, 1, t, s]: decoder segment k sees
+  encoder segment k (packed examples stay apart)."""
+  return (segment_ids[:, :, None] == encoder_segment_ids[:, None, :])[:, None]
 
 
 def write_cache(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
@@ -44,9 +67,15 @@ def write_cache(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.A
 
 
 class Attention(nn.Module):
-  """Self-attention over [b, t, d] inputs."""
+  """Attention of [b, t, d] queries over themselves or (cross=True) over an encoder output.
+
+  Attributes:
+    config: the model config.
+    cross: cross-attention (keys/values from `kv_input` or a precomputed cache; no rotary).
+  """
 
   config: ModelConfig
+  cross: bool = False
 
   def _param(self, name: str, shape: tuple[int, ...], names: tuple[str, ...],
              in_axis, out_axis) -> jax.Array:
@@ -62,15 +91,19 @@ class Attention(nn.Module):
     return value.astype(self.config.compute_dtype)
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-               cache: LayerCache | None = None) -> tuple[jax.Array, LayerCache | None]:
-    """Attends x to itself (and to the cache, when given).
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+               bias: jax.Array | None = None, cache: LayerCache | None = None,
+               kv_input: jax.Array | None = None) -> tuple[jax.Array, LayerCache | None]:
+    """Attends x to itself (and to the cache), or to kv_input / the cache when cross.
 
     Args:
       x: [b, t, d] inputs (compute dtype).
       positions: [b, t] int positions (rotary angles; cache slots).
-      segment_ids: [b, t] int segment ids (ignored with a cache: one document per row).
-      cache: this layer's {"k", "v"} of shape [b, s, g, k], or None.
+      mask: bool, broadcastable to [b, h, t, s] (see the make_*_mask functions).
+      bias: additive position bias broadcastable to [b, h, t, s], or None.
+      cache: self-attention: this layer's {"k", "v"} [b, s, g, k], written at `positions`;
+        cross-attention: the precomputed encoder {"k", "v"} [b, s, g, k], read only.
+      kv_input: cross-attention without a cache: the [b, s, d] encoder output.
 
     Returns:
       ([b, t, d] output, updated cache or None).
@@ -81,32 +114,43 @@ class Attention(nn.Module):
     wk = self._param("key", (d, g, k), (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM), 0, (1, 2))
     wv = self._param("value", (d, g, k), (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM), 0, (1, 2))
     wo = self._param("out", (h, k, d), (axes.HEADS, axes.HEAD_DIM, axes.EMBED), (0, 1), 2)
+    biases = None
+    if cfg.use_bias:
+      biases = (self._bias("query_bias", (h, k), (axes.HEADS, axes.HEAD_DIM)),
+                self._bias("key_bias", (g, k), (axes.KV_HEADS, axes.HEAD_DIM)),
+                self._bias("value_bias", (g, k), (axes.KV_HEADS, axes.HEAD_DIM)))
 
     q = jnp.einsum("btd,dhk->bthk", x, wq)
-    key = jnp.einsum("btd,dgk->btgk", x, wk)
-    value = jnp.einsum("btd,dgk->btgk", x, wv)
-    if cfg.use_bias:
-      q = q + self._bias("query_bias", (h, k), (axes.HEADS, axes.HEAD_DIM))
-      key = key + self._bias("key_bias", (g, k), (axes.KV_HEADS, axes.HEAD_DIM))
-      value = value + self._bias("value_bias", (g, k), (axes.KV_HEADS, axes.HEAD_DIM))
-    if cfg.position == "rope":
+    if biases is not None:
+      q = q + biases[0]
+    kv_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_KV_HEADS, axes.ACT_HEAD_DIM)
+    new_cache = None
+    if self.cross and cache is not None:
+      key, value = cache["k"], cache["v"]  # Precomputed once from the encoder output.
+      new_cache = cache
+    else:
+      source = kv_input if self.cross else x
+      if source is None:
+        raise ValueError("cross-attention needs the encoder output (kv_input) or a cache made "
+                         "by encode_for_decoding.")
+      key = jnp.einsum("btd,dgk->btgk", source, wk)
+      value = jnp.einsum("btd,dgk->btgk", source, wv)
+      if biases is not None:
+        key, value = key + biases[1], value + biases[2]
+    if cfg.position == "rope" and not self.cross:
       q = apply_rope(q, positions, cfg.rope_theta)
       key = apply_rope(key, positions, cfg.rope_theta)
     q = constrain(q, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_HEAD_DIM))
-    kv_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_KV_HEADS, axes.ACT_HEAD_DIM)
-
-    if cache is None:
-      mask = make_segment_mask(segment_ids)  # [b, 1, t, t]
-      new_cache = None
-    else:
+    if cache is not None and not self.cross:
       new_cache = {"k": write_cache(cache["k"], key, positions),
                    "v": write_cache(cache["v"], value, positions)}
       key, value = new_cache["k"], new_cache["v"]  # [b, s, g, k]
-      mask = make_cache_mask(positions, key.shape[1])  # [b, 1, t, s]
     key, value = constrain(key, kv_axes), constrain(value, kv_axes)
 
-    out = jax.nn.dot_product_attention(q, key, value, mask=mask,
-                                       implementation=cfg.attention_impl)  # [b, t, h, k]
+    if bias is not None:
+      bias = bias.astype(q.dtype)
+    out = jax.nn.dot_product_attention(q, key.astype(q.dtype), value.astype(q.dtype), bias=bias,
+                                       mask=mask, implementation=cfg.attention_impl)
     out = constrain(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_HEAD_DIM))
     y = jnp.einsum("bthk,hkd->btd", out, wo)
     if cfg.use_bias:

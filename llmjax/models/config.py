@@ -12,9 +12,11 @@ from typing import Any
 
 import jax.numpy as jnp
 
-POSITIONS = ("learned", "rope")
+ARCHITECTURES = ("decoder", "encoder", "encoder_decoder")
+POSITIONS = ("learned", "sinusoidal", "rope", "t5_relative", "alibi")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "relu", "swiglu", "geglu")
+POOLINGS = ("first", "mean")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -26,21 +28,29 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-  """Shape and options of a decoder-only transformer.
+  """Shape and options of a transformer of any family.
 
   Attributes:
+    architecture: 'decoder' (GPT/LLaMA: causal LM), 'encoder' (BERT: bidirectional; MLM head,
+      or a classification head when num_classes is set) or 'encoder_decoder' (T5).
     vocab_size: number of token ids (must cover the tokenizer's vocabulary).
-    num_layers: transformer blocks.
+    num_layers: transformer blocks (the encoder's, for encoder_decoder).
+    num_decoder_layers: encoder_decoder only: decoder blocks (None = num_layers).
     num_heads: query heads.
     num_kv_heads: key/value heads; None means num_heads (MHA), 1 is MQA, else GQA.
     embed_dim: residual stream width.
     head_dim: per-head width; None means embed_dim // num_heads.
     mlp_dim: hidden width of the MLP.
     max_seq_len: longest sequence the model accepts (size of a learned position table).
-    position: 'learned' absolute embeddings or 'rope' rotary embeddings.
+    position: 'learned' or 'sinusoidal' absolute embeddings, 'rope' rotary embeddings, or an
+      attention bias: 't5_relative' (bucketed, one table per stack shared by its layers) or
+      'alibi' (fixed per-head linear slopes).
     rope_theta: rotary base frequency.
+    relative_num_buckets / relative_max_distance: T5 relative-position buckets.
+    sliding_window: local attention: a query sees keys fewer than this many positions away
+      (causal stacks: behind it); None = global attention.
     norm: 'layernorm' or 'rmsnorm'; norm_eps its epsilon.
-    mlp: 'gelu' (two matrices) or 'swiglu' (three matrices).
+    mlp: 'gelu' or 'relu' (two matrices), 'swiglu' or 'geglu' (gated, three matrices).
     tie_embeddings: reuse the input embedding as the output projection.
     use_bias: biases on dense layers.
     dropout_rate: dropout on attention output, MLP output and embeddings.
@@ -48,6 +58,9 @@ class ModelConfig:
     scan_layers: run blocks under nn.scan (fast compile) instead of a Python loop.
     remat_policy: 'none', 'full', 'dots' or 'dots_no_batch' (jax.checkpoint policies).
     attention_impl: passed to jax.nn.dot_product_attention (None lets GPUs pick cuDNN).
+    num_classes: encoder only: a pooled classification head with this many classes replaces
+      the masked-LM head.
+    pooling: how the classification head pools the sequence: 'first' token or 'mean'.
   """
 
   vocab_size: int
@@ -71,12 +84,21 @@ class ModelConfig:
   scan_layers: bool = True
   remat_policy: str = "none"
   attention_impl: str | None = None
+  architecture: str = "decoder"
+  num_decoder_layers: int | None = None
+  relative_num_buckets: int = 32
+  relative_max_distance: int = 128
+  sliding_window: int | None = None
+  num_classes: int | None = None
+  pooling: str = "first"
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "max_seq_len"):
       if getattr(self, name) <= 0:
         raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}.")
+    _choice("architecture", self.architecture, ARCHITECTURES)
     _choice("position", self.position, POSITIONS)
+    _choice("pooling", self.pooling, POOLINGS)
     _choice("norm", self.norm, NORMS)
     _choice("mlp", self.mlp, MLPS)
     _choice("remat_policy", self.remat_policy, REMAT_POLICIES)
@@ -94,6 +116,44 @@ class ModelConfig:
       raise ValueError(f"rotary positions need an even head_dim, got {self.dim_per_head}.")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+    self._check_family()
+
+  def _check_family(self) -> None:
+    if self.num_decoder_layers is not None and self.architecture != "encoder_decoder":
+      raise ValueError(
+          f"num_decoder_layers={self.num_decoder_layers} asks for a decoder stack with "
+          f"cross-attention, which a {self.architecture!r} model has none of: set "
+          "architecture='encoder_decoder' or leave num_decoder_layers unset.")
+    if self.num_decoder_layers is not None and self.num_decoder_layers <= 0:
+      raise ValueError(f"num_decoder_layers must be positive, got {self.num_decoder_layers}.")
+    if self.num_classes is not None:
+      if self.architecture != "encoder":
+        raise ValueError(
+            f"num_classes={self.num_classes} adds a classification head, which only "
+            f"architecture='encoder' has (got {self.architecture!r}): use an encoder or leave "
+            "num_classes unset.")
+      if self.num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+    if self.sliding_window is not None and self.sliding_window <= 0:
+      raise ValueError(f"sliding_window must be positive or None, got {self.sliding_window}.")
+    if self.position == "t5_relative" and (
+        self.relative_num_buckets < 4 or self.relative_max_distance <= self.relative_num_buckets
+        // 2):
+      raise ValueError(
+          f"relative_num_buckets={self.relative_num_buckets} / relative_max_distance="
+          f"{self.relative_max_distance}: need >= 4 buckets and a max distance above half of "
+          "them (T5 uses 32 and 128).")
+    if self.position == "sinusoidal" and self.embed_dim % 2:
+      raise ValueError(f"sinusoidal positions need an even embed_dim, got {self.embed_dim}.")
+
+  @property
+  def decoder_layers(self) -> int:
+    """Decoder depth of an encoder_decoder model."""
+    return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+  @property
+  def is_classifier(self) -> bool:
+    return self.num_classes is not None
 
   @property
   def kv_heads(self) -> int:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmjax.models.position import LearnedPositions, sinusoidal_embedding
 from llmjax.sharding import axes
 
 
@@ -36,3 +39,38 @@ class Embed(nn.Module):
   def attend(self, x: jax.Array) -> jax.Array:
     """[b, t, d] -> [b, t, v] logits (x @ table.T)."""
     return jnp.einsum("btd,vd->btv", x, self.embedding.astype(self.dtype))
+
+
+def vocab_projection(module: nn.Module, config: Any, x: jax.Array, embed: Embed, *,
+                     bias: bool) -> jax.Array:
+  """[b, t, d] -> [b, t, v] float32 logits: the tied embedding, or `module`'s own
+  "output_kernel" [d, v] when config.tie_embeddings is False, plus an "output_bias" [v] param
+  of `module` when `bias`. Call from inside `module`'s compact method."""
+  if config.tie_embeddings:
+    logits = embed.attend(x)
+  else:
+    kernel = module.param(
+        "output_kernel",
+        nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+            (axes.EMBED, axes.VOCAB)),
+        (config.embed_dim, config.vocab_size), config.weight_dtype)
+    logits = jnp.einsum("btd,dv->btv", x, kernel.astype(config.compute_dtype))
+  if bias:
+    value = module.param("output_bias",
+                         nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB,)),
+                         (config.vocab_size,), config.weight_dtype)
+    logits = logits + value.astype(config.compute_dtype)
+  return logits.astype(jnp.float32)
+
+
+def absolute_positions(config: Any, positions: jax.Array, name: str) -> jax.Array | None:
+  """The [b, t, d] absolute position embedding config.position asks for (learned: a
+  submodule `name` of the calling module; sinusoidal: fixed), or None for rope / bias schemes.
+  Call from inside a compact method."""
+  if config.position == "learned":
+    return LearnedPositions(config.max_seq_len, config.embed_dim, config.compute_dtype,
+                            config.weight_dtype, name=name)(positions)
+  if config.position == "sinusoidal":
+    return sinusoidal_embedding(positions, config.embed_dim).astype(config.compute_dtype)
+  return None

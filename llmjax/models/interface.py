@@ -1,8 +1,19 @@
-"""`LanguageModel`: the one interface the trainer, evaluator and sampler use.
+"""`LanguageModel`: the one interface the trainer, evaluator and sampler use, for every family.
 
-It wraps a Flax module built from a `ModelConfig` and exposes plain functions of explicit
-params: `init`, `apply`, `loss_fn`, `score`, `logits_fn`, `init_cache`, plus the analytic
-`num_params` and `flops_per_token` used for logging and MFU.
+It wraps the Flax module a `ModelConfig` names (DecoderOnly, EncoderOnly or EncoderDecoder) and
+exposes plain functions of explicit params: `init`, `apply`, `loss_fn`, `score`, `logits_fn`,
+`init_cache`, `encode_for_decoding`, plus the analytic `num_params` and `flops_per_token` used
+for logging and MFU. Callers never branch on the architecture: batches carry the keys their
+family needs (see `batch_keys`).
+
+Batch formats ([b, t] int32 unless said):
+- decoder (causal LM) and encoder (MLM): inputs, targets, weights (float32), segment_ids,
+  positions.
+- encoder with a classification head: inputs, segment_ids, positions; labels [b] int32,
+  weights [b] float32 (0 = padding row).
+- encoder_decoder: encoder_inputs, encoder_segment_ids, encoder_positions [b, s]; inputs (the
+  decoder input, BOS-started targets shifted right), targets, weights, segment_ids, positions
+  [b, t].
 """
 
 from __future__ import annotations
@@ -16,7 +27,10 @@ import jax.numpy as jnp
 
 from llmjax.models.attention import attention_num_params
 from llmjax.models.config import ModelConfig
-from llmjax.models.mlp import mlp_num_params
+from llmjax.models.encoder import EncoderOnly
+from llmjax.models.encoder_decoder import EncoderDecoder, cross_kv
+from llmjax.models.heads import classification_head_num_params, mlm_transform_num_params
+from llmjax.models.mlp import GATED, mlp_num_params
 from llmjax.models.norms import norm_num_params
 from llmjax.models.stack import Cache
 from llmjax.models.transformer import DecoderOnly
@@ -25,25 +39,61 @@ from llmjax.training.losses import cross_entropy_with_z_loss, token_log_likeliho
 Batch = Mapping[str, Any]
 
 
+def batch_keys(config: ModelConfig) -> tuple[str, ...]:
+  """The batch keys a model of this config trains on."""
+  if config.architecture == "encoder_decoder":
+    return ("encoder_inputs", "encoder_segment_ids", "encoder_positions", "inputs", "targets",
+            "weights", "segment_ids", "positions")
+  if config.is_classifier:
+    return ("inputs", "segment_ids", "positions", "labels", "weights")
+  return ("inputs", "targets", "weights", "segment_ids", "positions")
+
+
 class LanguageModel:
-  """A decoder-only language model with explicit parameters.
+  """A transformer of any family with explicit parameters.
 
   Attributes:
     config: the ModelConfig.
-    module: the Flax module (`DecoderOnly`).
+    module: the Flax module (DecoderOnly, EncoderOnly or EncoderDecoder).
   """
 
   def __init__(self, config: ModelConfig):
     self.config = config
-    self.module = DecoderOnly(config)
+    arch = config.architecture
+    if arch == "decoder":
+      self.module = DecoderOnly(config)
+    elif arch == "encoder":
+      self.module = EncoderOnly(config)
+    else:
+      self.module = EncoderDecoder(config, deterministic=True)
+      self._train_module = EncoderDecoder(config, deterministic=False)
+
+  @property
+  def is_encoder_decoder(self) -> bool:
+    return self.config.architecture == "encoder_decoder"
+
+  @property
+  def can_decode(self) -> bool:
+    """Whether the model generates text autoregressively (decoder or encoder_decoder)."""
+    return self.config.architecture != "encoder"
 
   # Initialization.
+  def dummy_batch(self, batch_size: int = 1, seq_len: int | None = None) -> dict[str, Any]:
+    """An all-zero batch of the family's format (for init and shape inference)."""
+    seq_len = min(self.config.max_seq_len, 8) if seq_len is None else seq_len
+    tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
+    batch = {"inputs": tokens, "segment_ids": jnp.ones_like(tokens),
+             "positions": jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), tokens.shape)}
+    if self.is_encoder_decoder:
+      batch.update(encoder_inputs=tokens, encoder_segment_ids=batch["segment_ids"],
+                   encoder_positions=batch["positions"])
+    return batch
+
   def init_boxed(self, rng: jax.Array, batch_size: int = 1, seq_len: int | None = None) -> Any:
     """Params still boxed with logical axis names (`nn.Partitioned`), for sharding."""
-    seq_len = min(self.config.max_seq_len, 8) if seq_len is None else seq_len
-    self._check_length(seq_len)
-    tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
-    return self.module.init({"params": rng}, tokens)["params"]
+    batch = self.dummy_batch(batch_size, seq_len)
+    self._check_length(batch["inputs"].shape[-1])
+    return self._module(True).init({"params": rng}, *self._module_args(batch))["params"]
 
   def init(self, rng: jax.Array, batch_size: int = 1, seq_len: int | None = None) -> Any:
     """Plain (unboxed) params."""
@@ -56,38 +106,78 @@ class LanguageModel:
     return jax.eval_shape(lambda rng: self.init_boxed(rng, batch_size, seq_len),
                           jax.random.PRNGKey(0))
 
+  def _module(self, deterministic: bool) -> nn.Module:
+    return self.module if deterministic or not self.is_encoder_decoder else self._train_module
+
+  def _module_args(self, batch: Batch) -> tuple:
+    if self.is_encoder_decoder:
+      return (batch["encoder_inputs"], batch.get("encoder_positions"),
+              batch.get("encoder_segment_ids"), batch["inputs"], batch.get("positions"),
+              batch.get("segment_ids"))
+    return (batch["inputs"], batch.get("positions"), batch.get("segment_ids"))
+
   # Forward passes.
   def apply(self, params: Any, batch_or_tokens: Batch | jax.Array,
             positions: jax.Array | None = None, segment_ids: jax.Array | None = None, *,
             cache: Cache | None = None, deterministic: bool = True,
             rng: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
-    """Logits for a batch dict (`inputs`, `positions`, `segment_ids`) or a [b, t] token array.
+    """Logits for a batch dict or a [b, t] token array (decoder and encoder only).
 
     Returns:
-      ([b, t, v] float32 logits, updated cache or None).
+      ([b, t, v] float32 logits, or [b, num_classes] for a classifier; updated cache or None).
     """
     if isinstance(batch_or_tokens, Mapping):
-      tokens = batch_or_tokens["inputs"]
-      positions = batch_or_tokens.get("positions") if positions is None else positions
-      segment_ids = batch_or_tokens.get("segment_ids") if segment_ids is None else segment_ids
+      batch = dict(batch_or_tokens)
+      if positions is not None:
+        batch["positions"] = positions
+      if segment_ids is not None:
+        batch["segment_ids"] = segment_ids
     else:
-      tokens = batch_or_tokens
+      if self.is_encoder_decoder:
+        raise ValueError("an encoder_decoder model needs a batch dict with encoder_inputs and "
+                         "(decoder) inputs, not a token array.")
+      batch = {"inputs": batch_or_tokens, "positions": positions, "segment_ids": segment_ids}
+    if "encoder_inputs" in batch and not self.is_encoder_decoder:
+      raise ValueError(
+          f"the batch has encoder_inputs, but a {self.config.architecture!r} model has no "
+          "encoder to cross-attend to: use architecture='encoder_decoder' (or a causal_lm / "
+          "mlm data objective).")
     if cache is None:
-      self._check_length(tokens.shape[-1])
+      self._check_length(batch["inputs"].shape[-1])
+      if self.is_encoder_decoder:
+        self._check_length(batch["encoder_inputs"].shape[-1])
     rngs = {} if rng is None else {"dropout": rng}
-    return self.module.apply({"params": params}, tokens, positions, segment_ids, cache=cache,
+    variables = {"params": params}
+    if self.is_encoder_decoder:
+      if cache is not None:
+        raise ValueError("decode an encoder_decoder model with logits_fn and a cache from "
+                         "encode_for_decoding.")
+      return self._module(deterministic).apply(variables, *self._module_args(batch), rngs=rngs)
+    if self.config.architecture == "encoder":
+      if cache is not None:
+        raise ValueError("an encoder-only model has no KV cache: it does not decode.")
+      return self.module.apply(variables, *self._module_args(batch),
+                               deterministic=deterministic, rngs=rngs)
+    return self.module.apply(variables, *self._module_args(batch), cache=cache,
                              deterministic=deterministic, rngs=rngs)
 
   def loss_fn(self, params: Any, batch: Batch, rng: jax.Array | None, *, z_loss: float = 0.0,
               deterministic: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted mean next-token cross-entropy (+ z-loss); see `training.losses`."""
+    """Weighted mean cross-entropy (+ z-loss) of targets, or of labels for a classifier."""
     logits, _ = self.apply(params, batch, deterministic=deterministic,
                            rng=None if deterministic else rng)
+    if self.config.is_classifier:
+      weights = batch.get("weights")
+      return cross_entropy_with_z_loss(logits[:, None], batch["labels"][:, None],
+                                       None if weights is None else weights[:, None], z_loss)
     return cross_entropy_with_z_loss(logits, batch["targets"], batch.get("weights"), z_loss)
 
   def score(self, params: Any, batch: Batch) -> jax.Array:
-    """[b] summed log-likelihood of each row's targets (weights applied)."""
+    """[b] per-example log-likelihood: summed over weighted targets, or log p(label)."""
     logits, _ = self.apply(params, batch)
+    if self.config.is_classifier:
+      log_lik, _ = token_log_likelihood(logits, batch["labels"])
+      return log_lik
     log_lik, _ = token_log_likelihood(logits, batch["targets"])
     weights = batch.get("weights")
     if weights is not None:
@@ -96,15 +186,54 @@ class LanguageModel:
 
   def logits_fn(self, params: Any, tokens: jax.Array, positions: jax.Array,
                 cache: Cache | None) -> tuple[jax.Array, Cache | None]:
-    """Sampling entry point: ([b, t, v] logits, cache) for tokens at `positions`."""
+    """Sampling entry point: ([b, t, v] logits, cache) for decoder tokens at `positions`."""
+    if self.is_encoder_decoder:
+      if cache is None:
+        raise ValueError("encoder_decoder decoding needs the cache from encode_for_decoding.")
+      return self.module.apply({"params": params}, tokens, positions, cache=cache,
+                               method=EncoderDecoder.decode)
+    if not self.can_decode:
+      raise ValueError("an encoder-only model does not generate text: score or fill masks "
+                       "instead (llmjax sample --mode=fill_mask).")
     return self.apply(params, tokens, positions, cache=cache)
 
   def init_cache(self, batch_size: int, max_len: int) -> Cache:
-    """An all-zero cache {"k", "v"} of shape [l, b, max_len, g, k] in the compute dtype."""
+    """An all-zero self-attention cache {"k", "v"} [l, b, max_len, g, k] (compute dtype)."""
+    if not self.can_decode:
+      raise ValueError("an encoder-only model has no KV cache: it does not decode.")
     self._check_length(max_len)
     cfg = self.config
-    shape = (cfg.num_layers, batch_size, max_len, cfg.kv_heads, cfg.dim_per_head)
+    layers = cfg.decoder_layers if self.is_encoder_decoder else cfg.num_layers
+    shape = (layers, batch_size, max_len, cfg.kv_heads, cfg.dim_per_head)
     return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+
+  def encode_for_decoding(self, params: Any, encoder_tokens: jax.Array,
+                          encoder_segment_ids: jax.Array | None, max_len: int) -> Cache:
+    """Runs the encoder once and returns the full decode cache of an encoder_decoder model.
+
+    Args:
+      params: the params.
+      encoder_tokens: [b, s] encoder ids (right-padded).
+      encoder_segment_ids: [b, s], 0 on padding (None = no padding).
+      max_len: decoder cache slots per row.
+
+    Returns:
+      {"k", "v"} [l, b, max_len, g, k] zeros, {"cross_k", "cross_v"} [l, b, s, g, k] and
+      "encoder_mask" [1, b, s] (int32, 1 = real token).
+    """
+    if not self.is_encoder_decoder:
+      raise ValueError(
+          f"encode_for_decoding needs architecture='encoder_decoder' (cross-attention); this "
+          f"model is {self.config.architecture!r}: use init_cache for a decoder.")
+    self._check_length(encoder_tokens.shape[-1])
+    if encoder_segment_ids is None:
+      encoder_segment_ids = jnp.ones_like(encoder_tokens)
+    encoded = self.module.apply({"params": params}, encoder_tokens, None, encoder_segment_ids,
+                                method=EncoderDecoder.encode)
+    cache = self.init_cache(encoder_tokens.shape[0], max_len)
+    cache.update(cross_kv(params, encoded, self.config))
+    cache["encoder_mask"] = (encoder_segment_ids > 0).astype(jnp.int32)[None]
+    return cache
 
   def _check_length(self, length: int) -> None:
     # Learned tables silently clip past their end; catch that before compiling anything.
@@ -112,7 +241,7 @@ class LanguageModel:
       raise ValueError(
           f"Sequence length {length} exceeds ModelConfig.max_seq_len={self.config.max_seq_len} "
           "(the size of the learned position table): shorten the sequences or raise "
-          "max_seq_len (or use position='rope').")
+          "max_seq_len (or use a position scheme without a table, e.g. 'rope').")
 
   # Accounting.
   def num_params(self, *, embeddings: bool = True) -> int:
@@ -122,29 +251,67 @@ class LanguageModel:
       embeddings: include the token and position tables (an untied output head always counts).
     """
     cfg = self.config
-    per_layer = attention_num_params(cfg) + mlp_num_params(cfg) + 2 * norm_num_params(cfg)
-    count = cfg.num_layers * per_layer + norm_num_params(cfg)
-    if not cfg.tie_embeddings:
-      count += cfg.embed_dim * cfg.vocab_size + (cfg.vocab_size if cfg.use_bias else 0)
+    d, v = cfg.embed_dim, cfg.vocab_size
+    norm = norm_num_params(cfg)
+    per_layer = attention_num_params(cfg) + mlp_num_params(cfg) + 2 * norm
+    relpos = cfg.relative_num_buckets * cfg.num_heads if cfg.position == "t5_relative" else 0
+    position_tables = 1
+    if self.is_encoder_decoder:
+      cross_layer = per_layer + attention_num_params(cfg) + norm
+      count = (cfg.num_layers * per_layer + cfg.decoder_layers * cross_layer + 2 * norm
+               + 2 * relpos)
+      position_tables = 2
+    else:
+      count = cfg.num_layers * per_layer + norm + relpos
+    has_vocab_head = not cfg.is_classifier
+    if cfg.architecture == "encoder":
+      if cfg.is_classifier:
+        count += classification_head_num_params(cfg)
+      else:
+        count += mlm_transform_num_params(cfg) + (v if cfg.use_bias else 0)
+    elif cfg.use_bias and not cfg.tie_embeddings:
+      count += v
+    if has_vocab_head and not cfg.tie_embeddings:
+      count += d * v
     if embeddings:
-      count += cfg.vocab_size * cfg.embed_dim
+      count += v * d
       if cfg.position == "learned":
-        count += cfg.max_seq_len * cfg.embed_dim
+        count += position_tables * cfg.max_seq_len * d
     return count
 
-  def flops_per_token(self, seq_len: int) -> float:
+  def flops_per_token(self, seq_len: int, decoder_seq_len: int | None = None) -> float:
     """Training FLOPs per token (forward + backward), PaLM-style.
 
-    flops = 6 * N_matmul + 12 * l * h * k * seq_len, where N_matmul counts the weights of every
+    flops = 6 * N_matmul + 12 * l * h * k * context, where N_matmul counts the weights of every
     matmul a token passes through: per layer the q/k/v/out projections and the MLP matrices,
-    plus the d*v output projection (tied or not). Embedding lookups, norms and biases are not
-    matmuls. The second term is QK^T and AV (2 * 2 * h * k * seq_len forward, x3 with the
-    backward pass), without halving for the causal mask, as in the PaLM paper.
+    plus the output head (d * v, or the classifier). Embedding lookups, norms, biases and
+    position biases are not matmuls. The second term is QK^T and AV (2 * 2 * h * k * context
+    forward, x3 with the backward pass), without halving for the causal mask, as in PaLM.
+
+    For encoder_decoder, a "token" is any encoder or decoder token: the FLOPs of one example
+    (seq_len encoder + decoder_seq_len decoder tokens; default decoder_seq_len = seq_len) are
+    divided by seq_len + decoder_seq_len, so tokens/s counted over both sides gives the MFU.
+    Decoder tokens also pay the cross-attention projections (q/out on the decoder side, k/v
+    on each encoder token) and attention over the encoder length.
     """
     cfg = self.config
     d, h, g, k, f = (cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
                      cfg.mlp_dim)
-    mlp_matrices = 3 if cfg.mlp == "swiglu" else 2
-    per_layer = 2 * d * h * k + 2 * d * g * k + mlp_matrices * d * f
-    matmul_params = cfg.num_layers * per_layer + d * cfg.vocab_size
-    return float(6 * matmul_params + 12 * cfg.num_layers * h * k * seq_len)
+    mlp_matrices = 3 if cfg.mlp in GATED else 2
+    attn = 2 * d * h * k + 2 * d * g * k
+    per_layer = attn + mlp_matrices * d * f
+    if cfg.is_classifier:  # Only the first/pooled row feeds the head; count it per token.
+      head = (d * d + d * cfg.num_classes) / seq_len
+    elif cfg.architecture == "encoder":
+      head = d * d + d * cfg.vocab_size
+    else:
+      head = d * cfg.vocab_size
+    if not self.is_encoder_decoder:
+      matmul = cfg.num_layers * per_layer + head
+      return float(6 * matmul + 12 * cfg.num_layers * h * k * seq_len)
+    te, td = seq_len, seq_len if decoder_seq_len is None else decoder_seq_len
+    encoder = te * (6 * cfg.num_layers * per_layer + 12 * cfg.num_layers * h * k * te)
+    cross_kv_flops = te * 6 * cfg.decoder_layers * 2 * d * g * k
+    decoder_per_token = (6 * (cfg.decoder_layers * (per_layer + 2 * d * h * k) + head)
+                         + 12 * cfg.decoder_layers * h * k * (td + te))
+    return float((encoder + cross_kv_flops + td * decoder_per_token) / (te + td))

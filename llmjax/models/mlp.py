@@ -1,4 +1,4 @@
-"""Feed-forward blocks: GELU (two matrices) and SwiGLU (three matrices)."""
+"""Feed-forward blocks: GELU / ReLU (two matrices) and SwiGLU / GeGLU (gated, three matrices)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
 
 _INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+GATED = ("swiglu", "geglu")
+# GeGLU uses the tanh approximation of GELU, as T5 v1.1 does ("gelu_new").
+_ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "swiglu": nn.silu, "geglu": nn.gelu}
 
 
 class Mlp(nn.Module):
@@ -36,12 +39,13 @@ class Mlp(nn.Module):
     cfg = self.config
     d, f = cfg.embed_dim, cfg.mlp_dim
     hidden_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP)
-    if cfg.mlp == "swiglu":
+    if cfg.mlp in GATED:
       gate = self._dense("wi_gate", x, (d, f), (axes.EMBED, axes.MLP))
       up = self._dense("wi_up", x, (d, f), (axes.EMBED, axes.MLP))
-      h = constrain(nn.silu(gate) * up, hidden_axes)  # [b, t, f]
+      h = constrain(_ACTIVATIONS[cfg.mlp](gate) * up, hidden_axes)  # [b, t, f]
     else:
-      h = constrain(nn.gelu(self._dense("wi", x, (d, f), (axes.EMBED, axes.MLP))), hidden_axes)
+      h = self._dense("wi", x, (d, f), (axes.EMBED, axes.MLP))
+      h = constrain(_ACTIVATIONS[cfg.mlp](h), hidden_axes)
     out = self._dense("wo", h, (f, d), (axes.MLP, axes.EMBED))
     return constrain(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
 
@@ -49,7 +53,7 @@ class Mlp(nn.Module):
 def mlp_num_params(config: ModelConfig) -> int:
   """Parameters of one Mlp."""
   d, f = config.embed_dim, config.mlp_dim
-  inputs = 2 if config.mlp == "swiglu" else 1
+  inputs = 2 if config.mlp in GATED else 1
   count = (inputs + 1) * d * f
   if config.use_bias:
     count += inputs * f + d

@@ -7,16 +7,28 @@ import jax
 import jax.numpy as jnp
 
 from llmjax.models.config import ModelConfig
-from llmjax.models.embedding import Embed
+from llmjax.models.embedding import Embed, absolute_positions, vocab_projection
 from llmjax.models.norms import make_norm
-from llmjax.models.position import LearnedPositions
-from llmjax.models.stack import Cache, DecoderStack
+from llmjax.models.stack import Cache, TransformerStack
 from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
 
+ACT = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
+
+
+def default_positions(tokens: jax.Array, positions: jax.Array | None,
+                      segment_ids: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """Fills in arange(t) positions and all-ones segment ids for unpacked [b, t] inputs."""
+  b, t = tokens.shape
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, t), jnp.int32)
+  return positions, segment_ids
+
 
 class DecoderOnly(nn.Module):
-  """Embed -> (+ learned positions) -> blocks -> final norm -> vocabulary logits."""
+  """Embed -> (+ absolute positions) -> causal blocks -> final norm -> vocabulary logits."""
 
   config: ModelConfig
 
@@ -37,39 +49,19 @@ class DecoderOnly(nn.Module):
       ([b, t, v] float32 logits, updated cache or None).
     """
     cfg = self.config
-    b, t = tokens.shape
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    if segment_ids is None:
-      segment_ids = jnp.ones((b, t), jnp.int32)
-    act = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
-
+    positions, segment_ids = default_positions(tokens, positions, segment_ids)
     embed = Embed(cfg.vocab_size, cfg.embed_dim, cfg.compute_dtype, cfg.weight_dtype,
                   name="token_embed")
     x = embed(tokens)  # [b, t, d]
-    if cfg.position == "learned":
-      x = x + LearnedPositions(cfg.max_seq_len, cfg.embed_dim, cfg.compute_dtype,
-                               cfg.weight_dtype, name="position_embed")(positions)
+    pos = absolute_positions(cfg, positions, "position_embed")
+    if pos is not None:
+      x = x + pos
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = constrain(x, act)
+    x = constrain(x, ACT)
 
-    x, cache = DecoderStack(cfg, deterministic, name="decoder")(x, positions, segment_ids, cache)
+    x, cache = TransformerStack(cfg, cfg.num_layers, causal=True, deterministic=deterministic,
+                                name="decoder")(x, positions, segment_ids, cache)
     x = make_norm(cfg, "final_norm")(x)
-
-    if cfg.tie_embeddings:
-      logits = embed.attend(x)
-    else:
-      kernel = self.param(
-          "output_kernel",
-          nn.with_logical_partitioning(
-              nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-              (axes.EMBED, axes.VOCAB)),
-          (cfg.embed_dim, cfg.vocab_size), cfg.weight_dtype)
-      logits = jnp.einsum("btd,dv->btv", x, kernel.astype(cfg.compute_dtype))
-      if cfg.use_bias:
-        bias = self.param("output_bias",
-                          nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB,)),
-                          (cfg.vocab_size,), cfg.weight_dtype)
-        logits = logits + bias.astype(cfg.compute_dtype)
-    logits = logits.astype(jnp.float32)
+    logits = vocab_projection(self, cfg, x, embed,
+                              bias=cfg.use_bias and not cfg.tie_embeddings)
     return constrain(logits, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB)), cache

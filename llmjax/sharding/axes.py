@@ -15,6 +15,9 @@ VOCAB = "vocab"  # v
 LAYERS = "layers"  # l: the scanned layer axis
 NORM = "norm"  # scale/bias vectors of norms (always replicated)
 POSITION = "position"  # rows of a learned position table
+RELPOS_BUCKETS = "relpos_buckets"  # rows of a T5 relative-position bias table
+CLASSES = "classes"  # outputs of a classification head
+POOLED = "pooled"  # hidden width of an output head (MLM transform, classifier pooler)
 
 # Activations.
 ACT_BATCH = "act_batch"
@@ -33,7 +36,8 @@ CACHE_LENGTH = "cache_length"
 CACHE_KV_HEADS = "cache_kv_heads"
 CACHE_HEAD_DIM = "cache_kv"
 
-PARAM_AXES = (EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS, NORM, POSITION)
+PARAM_AXES = (EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS, NORM, POSITION,
+              RELPOS_BUCKETS, CLASSES, POOLED)
 ACTIVATION_AXES = (ACT_BATCH, ACT_LENGTH, ACT_EMBED, ACT_MLP, ACT_HEADS, ACT_KV_HEADS,
                    ACT_HEAD_DIM, ACT_VOCAB)
 CACHE_AXES = (CACHE_LAYERS, CACHE_BATCH, CACHE_LENGTH, CACHE_KV_HEADS, CACHE_HEAD_DIM)

@@ -42,6 +42,9 @@ def _rules(*, fsdp: bool, tensor: bool) -> Rules:
       (axes.LAYERS, None),
       (axes.NORM, None),
       (axes.POSITION, None),
+      (axes.RELPOS_BUCKETS, None),
+      (axes.CLASSES, None),
+      (axes.POOLED, None),
       # Activations.
       (axes.ACT_BATCH, _BATCH),
       (axes.ACT_LENGTH, None),

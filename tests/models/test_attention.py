@@ -76,12 +76,13 @@ def test_attention_matches_numpy_oracle(kv_heads, position, use_bias):
   positions = _positions(segment_ids)
   x = jax.random.normal(jax.random.PRNGKey(1), segment_ids.shape + (16,))
   module = Attention(config)
+  mask = make_segment_mask(jnp.asarray(segment_ids))
   # Random params of the right shapes (no init compile; biases nonzero so they count).
   shapes = nn.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(0), x, positions,
-                                   segment_ids))["params"]
+                                   mask))["params"]
   rng = np.random.default_rng(0)
   params = {k: (rng.normal(size=v.shape) * 0.3).astype(np.float32) for k, v in shapes.items()}
-  y, cache = jax.jit(module.apply)({"params": params}, x, positions, segment_ids)
+  y, cache = jax.jit(module.apply)({"params": params}, x, positions, mask)
   assert cache is None
   expected = _attention_np(params, x, positions, segment_ids, config)
   np.testing.assert_allclose(np.asarray(y), expected, atol=2e-5, rtol=1e-4)

@@ -1,0 +1,60 @@
+"""Encoder-only transformer (BERT family): bidirectional blocks with an MLM or classifier head."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from llmjax.models.config import ModelConfig
+from llmjax.models.embedding import Embed, absolute_positions, vocab_projection
+from llmjax.models.heads import ClassificationHead, MlmTransform
+from llmjax.models.norms import make_norm
+from llmjax.models.stack import TransformerStack
+from llmjax.models.transformer import ACT, default_positions
+from llmjax.sharding import axes
+from llmjax.sharding.partition import constrain
+
+
+class EncoderOnly(nn.Module):
+  """Embed -> (+ absolute positions) -> bidirectional blocks -> final norm -> head.
+
+  The head is BERT's masked-LM head (transform + vocabulary projection with a bias) or, when
+  config.num_classes is set, a pooled classifier.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None, *,
+               deterministic: bool = True) -> tuple[jax.Array, None]:
+    """Runs the encoder.
+
+    Args:
+      tokens: [b, t] int token ids.
+      positions: [b, t] positions within each document (default arange(t)).
+      segment_ids: [b, t] packed-document ids, 0 = padding (default all ones); tokens attend
+        to every token of their own segment, in both directions.
+      deterministic: disables dropout.
+
+    Returns:
+      ([b, t, v] MLM logits or [b, num_classes] class logits, float32; None: no cache).
+    """
+    cfg = self.config
+    positions, segment_ids = default_positions(tokens, positions, segment_ids)
+    embed = Embed(cfg.vocab_size, cfg.embed_dim, cfg.compute_dtype, cfg.weight_dtype,
+                  name="token_embed")
+    x = embed(tokens)
+    pos = absolute_positions(cfg, positions, "position_embed")
+    if pos is not None:
+      x = x + pos
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = constrain(x, ACT)
+    x, _ = TransformerStack(cfg, cfg.num_layers, causal=False, deterministic=deterministic,
+                            name="encoder")(x, positions, segment_ids)
+    x = make_norm(cfg, "final_norm")(x)
+    if cfg.is_classifier:
+      return ClassificationHead(cfg, deterministic, name="classifier")(x, segment_ids), None
+    h = MlmTransform(cfg, name="mlm_transform")(x)
+    logits = vocab_projection(self, cfg, h, embed, bias=cfg.use_bias)
+    return constrain(logits, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB)), None
