@@ -9,7 +9,8 @@ Restarting per piece (rather than continuing the document's positions) keeps eve
 < t, so models with learned position tables sized to the training length work; the price is
 that a continued piece is modelled without its earlier context, as in any concat-then-split
 packer. Because inputs/targets are shifted inside the document before packing
-(objectives.py), no target crosses a document boundary.
+(objectives.py), no target crosses a document boundary. An example may carry per-token
+"weights" (MLM: 1 only on the masked positions); without them every real token weighs 1.
 
 The iterator's state is the parent's state just before the document being packed was read,
 plus the offset into it: small, JSON-serializable and exact (restoring re-reads and
@@ -34,7 +35,7 @@ def empty_rows(num_rows: int, seq_len: int) -> dict[str, np.ndarray]:
 
 
 class PackIterDataset(grain.IterDataset):
-  """Packs a stream of {"inputs", "targets"} int arrays into rows of seq_len tokens."""
+  """Packs a stream of {"inputs", "targets"[, "weights"]} arrays into rows of seq_len tokens."""
 
   def __init__(self, parent: grain.IterDataset, seq_len: int):
     super().__init__(parent)
@@ -88,7 +89,8 @@ class _PackIterator(grain.DatasetIterator):
       row["targets"][filled:filled + n] = self._doc["targets"][piece]
       row["segment_ids"][filled:filled + n] = segment
       row["positions"][filled:filled + n] = np.arange(n, dtype=np.int32)
-      row["weights"][filled:filled + n] = 1.0
+      weights = self._doc.get("weights")
+      row["weights"][filled:filled + n] = 1.0 if weights is None else weights[piece]
       filled += n
       self._offset += n
     if filled == 0:

@@ -1,10 +1,18 @@
-"""The input pipeline: TFDS source -> Grain shuffle -> tokenize -> causal LM -> pack -> batch.
+"""The input pipeline: source -> Grain shuffle -> tokenize + objective -> pack -> batch.
 
-`DataConfig` says where the text comes from (local files, the stdlib default corpus, or a
-prepared TFDS dataset) and how to tokenize it. `make_train_iterator` returns an infinite Grain
-iterator of numpy batches in the llmjax batch format (inputs, targets, segment_ids, positions,
-weights; [b, t]) whose `get_state()` is a small JSON-serializable dict that restores the exact
-batch sequence; `make_eval_batches` returns a fixed list of batches from the held-out split.
+`DataConfig` says where the data comes from (local text files, the stdlib default corpus, a
+prepared TFDS dataset, or for classification / seq2seq a local JSONL/CSV example file), how to
+tokenize it and which objective turns it into examples (featurize.py). `make_train_iterator`
+returns an infinite Grain iterator of numpy batches in the objective's batch format whose
+`get_state()` is a small JSON-serializable dict that restores the exact batch sequence;
+`make_eval_batches` returns a fixed list of batches from the held-out split. Batch formats
+(leading dim = this process's rows b):
+- causal_lm, mlm: inputs, targets, segment_ids, positions int32 [b, t]; weights float32 [b, t].
+- classification: inputs, segment_ids, positions int32 [b, t]; labels int32 [b]; weights
+  float32 [b] (0 = padding row).
+- span_corruption, seq2seq: encoder_inputs, encoder_segment_ids, encoder_positions int32
+  [b, t]; inputs, targets, segment_ids, positions int32 [b, td]; weights float32 [b, td]
+  (td = decoder_seq_len or t).
 
 Every process builds the same *global* batch sequence and keeps its own rows (batch_size //
 process_count of them), so the data order does not depend on the number of hosts and the
@@ -24,10 +32,13 @@ from typing import Any
 import grain
 import numpy as np
 
-from llmjax.data import objectives, packing, tfds_text
+from llmjax.data import examples_file, featurize, tfds_text
 from llmjax.data import tokenizer as tokenizer_lib
+from llmjax.data.featurize import FILE_OBJECTIVES, OBJECTIVES, document_text, required_vocab_size
 
 TOKENIZERS = ("sentencepiece", "byte")
+__all__ = ["DataConfig", "document_text", "get_or_train_tokenizer", "make_eval_batches",
+           "make_tokenizer", "make_train_iterator", "prepare_dataset", "required_vocab_size"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,6 +62,16 @@ class DataConfig:
     shuffle: shuffle training documents.
     cache_dir: where local text files are prepared as a TFDS dataset; None = $LLMJAX_CACHE_DIR
       or ~/.cache/llmjax/tfds. Datasets are keyed by a hash of the files, never reused stale.
+    objective: 'causal_lm' | 'mlm' | 'span_corruption' (from the text corpus) |
+      'classification' | 'seq2seq' (from train_file / eval_file).
+    mlm_rate: share of tokens MLM predicts (80% masked, 10% random, 10% kept).
+    noise_density / mean_noise_span_length: T5 span corruption's noise share and span length.
+    extra_ids: span corruption sentinels, the top ids of the model vocabulary.
+    decoder_seq_len: encoder-decoder target length td; None = seq_len.
+    train_file / eval_file: .jsonl or .csv example files (eval None = hold out eval_fraction
+      of the training examples by a seeded hash of each line).
+    text_field / label_field: classification fields; input_field / target_field: seq2seq's.
+    num_classes: classification labels are in [0, num_classes).
   """
   text_files: str | tuple[str, ...] | None = None
   tfds_name: str | None = None
@@ -66,6 +87,19 @@ class DataConfig:
   seed: int = 0
   shuffle: bool = True
   cache_dir: str | None = None
+  objective: str = "causal_lm"
+  mlm_rate: float = 0.15
+  noise_density: float = 0.15
+  mean_noise_span_length: float = 3.0
+  extra_ids: int = 100
+  decoder_seq_len: int | None = None
+  train_file: str | None = None
+  eval_file: str | None = None
+  text_field: str = "text"
+  label_field: str = "label"
+  input_field: str = "input"
+  target_field: str = "target"
+  num_classes: int | None = None
 
   def __post_init__(self):
     if isinstance(self.text_files, list | tuple):  # gin gives lists; keep the config hashable.
@@ -88,6 +122,45 @@ class DataConfig:
       raise ValueError(f"DataConfig.eval_fraction={self.eval_fraction} must be in [0, 1).")
     if self.max_train_text_mb <= 0:
       raise ValueError(f"DataConfig.max_train_text_mb={self.max_train_text_mb} must be > 0.")
+    self._check_objective()
+
+  def _check_objective(self) -> None:
+    """Validates the objective settings (see the class docstring)."""
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"DataConfig.objective={self.objective!r}; choose one of {OBJECTIVES}.")
+    if not 0.0 < self.mlm_rate < 1.0:
+      raise ValueError(f"DataConfig.mlm_rate={self.mlm_rate} must be in (0, 1), e.g. 0.15.")
+    if not 0.0 < self.noise_density < 1.0:
+      raise ValueError(f"DataConfig.noise_density={self.noise_density} must be in (0, 1), "
+                       "e.g. 0.15.")
+    if self.mean_noise_span_length < 1.0:
+      raise ValueError(f"DataConfig.mean_noise_span_length={self.mean_noise_span_length} must be "
+                       ">= 1, e.g. 3.0.")
+    if self.extra_ids < 0 or (self.objective == "span_corruption" and self.extra_ids < 1):
+      raise ValueError(f"DataConfig.extra_ids={self.extra_ids}: span_corruption needs >= 1 "
+                       "sentinel ids (T5 uses 100).")
+    if self.decoder_seq_len is not None and self.decoder_seq_len < 1:
+      raise ValueError(f"DataConfig.decoder_seq_len={self.decoder_seq_len} must be >= 1 or None "
+                       "(= seq_len).")
+    if self.objective in FILE_OBJECTIVES:
+      if self.train_file is None:
+        raise ValueError(f"objective {self.objective!r} reads examples from a file: set "
+                         "DataConfig.train_file to a .jsonl or .csv file.")
+      if self.text_files is not None or self.tfds_name is not None:
+        raise ValueError(f"objective {self.objective!r} reads DataConfig.train_file, not "
+                         "text_files / tfds_name: unset those.")
+      for name in ("train_file", "eval_file"):
+        path = getattr(self, name)
+        if path is not None and not path.lower().endswith(examples_file.EXTENSIONS):
+          raise ValueError(f"DataConfig.{name}={path!r} must end in .jsonl or .csv.")
+      if self.objective == "classification" and (self.num_classes is None
+                                                  or self.num_classes < 2):
+        raise ValueError(f"classification needs DataConfig.num_classes >= 2 (labels are "
+                         f"0..num_classes-1); got {self.num_classes}.")
+    elif self.train_file is not None or self.eval_file is not None:
+      raise ValueError(f"DataConfig.train_file / eval_file are for the 'classification' and "
+                       f"'seq2seq' objectives; {self.objective!r} reads text_files / tfds_name: "
+                       "unset them or change DataConfig.objective.")
 
 
 def default_cache_dir() -> str:
@@ -100,8 +173,17 @@ def prepare_dataset(data_cfg: DataConfig,
   """Prepares (once) and opens the data: returns (train_source, eval_source or None, stats).
 
   Sources are random-access TFDS data sources of records with a text feature. Local files are
-  prepared under data_dir (default: data_cfg.cache_dir, see DataConfig).
+  prepared under data_dir (default: data_cfg.cache_dir, see DataConfig). For classification
+  and seq2seq they are lists of {"text", "label"} / {"input", "target"} dicts read from
+  data_cfg.train_file / eval_file (examples_file.py).
   """
+  if data_cfg.objective in FILE_OBJECTIVES:
+    return examples_file.load_example_files(
+        data_cfg.train_file, data_cfg.eval_file, data_cfg.objective,
+        eval_fraction=data_cfg.eval_fraction, seed=data_cfg.seed,
+        text_field=data_cfg.text_field, label_field=data_cfg.label_field,
+        input_field=data_cfg.input_field, target_field=data_cfg.target_field,
+        num_classes=data_cfg.num_classes)
   if data_cfg.tfds_name is not None:
     train = tfds_text.open_prepared(data_cfg.tfds_name, data_cfg.tfds_data_dir,
                                     data_cfg.tfds_train_split)
@@ -144,7 +226,7 @@ def get_or_train_tokenizer(data_cfg: DataConfig, source: Any,
     tok = tokenizer_lib.ByteTokenizer()
   else:
     order = np.random.default_rng(data_cfg.seed).permutation(len(source))
-    texts = (document_text(source[int(i)], data_cfg.text_feature) for i in order)
+    texts = (featurize.training_text(data_cfg, source[int(i)]) for i in order)
     tok = tokenizer_lib.SentencePieceTokenizer.train(
         texts, data_cfg.vocab_size, max_text_mb=data_cfg.max_train_text_mb)
   if tokenizer_dir:
@@ -157,29 +239,6 @@ def make_tokenizer(data_cfg: DataConfig, data_dir: str | None = None,
   """prepare_dataset + get_or_train_tokenizer on the training split."""
   train, _, _ = prepare_dataset(data_cfg, data_dir)
   return get_or_train_tokenizer(data_cfg, train, tokenizer_dir)
-
-
-def document_text(record: Any, feature: str = "text") -> str:
-  """The text of one source record (TFDS gives Text features as UTF-8 bytes)."""
-  if isinstance(record, dict):
-    if feature not in record:
-      raise KeyError(f"records have no text feature {feature!r}; they have {sorted(record)}. "
-                     "Set DataConfig.text_feature.")
-    record = record[feature]
-  if isinstance(record, np.ndarray) and record.ndim == 0:
-    record = record.item()
-  if isinstance(record, bytes):
-    return record.decode("utf-8", errors="replace")
-  if isinstance(record, str):
-    return record
-  raise TypeError(f"text feature {feature!r} is a {type(record).__name__}, not text.")
-
-
-def _tokenize_fn(tokenizer: tokenizer_lib.Tokenizer, feature: str):
-  def tokenize(record: Any) -> dict[str, np.ndarray]:
-    ids = tokenizer.encode(document_text(record, feature))
-    return objectives.causal_lm_example(ids, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
-  return tokenize
 
 
 def _resolve(source: Any, data_dir: str | None, split: str) -> Any:
@@ -205,44 +264,56 @@ def _process_rows(batch_size: int, process_index: int | None,
   return process_index * rows, rows
 
 
+def _objective_cfg(source: Any, data_cfg: DataConfig | None) -> DataConfig:
+  if isinstance(source, DataConfig):
+    return source
+  return data_cfg if data_cfg is not None else DataConfig()
+
+
 def make_train_iterator(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batch_size: int,
                         seq_len: int, seed: int | None = None, process_index: int | None = None,
                         process_count: int | None = None, data_dir: str | None = None,
-                        read_threads: int = 0) -> grain.DatasetIterator:
+                        read_threads: int = 0, model_vocab_size: int | None = None,
+                        data_cfg: DataConfig | None = None) -> grain.DatasetIterator:
   """An infinite iterator of this process's rows of each global training batch.
 
   Args:
-    source: a random-access source of text records (e.g. prepare_dataset's train_source), or
-      a DataConfig (its training split is prepared/opened under data_dir).
+    source: a random-access source of records (e.g. prepare_dataset's train_source), or a
+      DataConfig (its training split is prepared/opened under data_dir).
     tokenizer: encodes the text.
     batch_size: the GLOBAL batch size; each batch holds batch_size // process_count rows.
-    seq_len: t, tokens per row.
-    seed: shuffle seed; default: the DataConfig's seed, else 0. Epochs are reshuffled.
+    seq_len: t, tokens per row (the encoder length for encoder-decoder objectives).
+    seed: shuffle and masking seed; default: the DataConfig's seed, else 0. Epochs are
+      reshuffled (and re-masked).
     process_index / process_count: which slice to keep; default jax.process_index()/count().
     data_dir: with a DataConfig source, where local text is prepared.
     read_threads: Grain read threads (0 = tokenize in the calling thread).
+    model_vocab_size: the model's vocab size; required for span_corruption (its sentinels are
+      the top ids), checked against required_vocab_size when given.
+    data_cfg: the objective settings when source is not a DataConfig (default: causal LM).
 
   Returns:
-    A grain.DatasetIterator of dicts of numpy arrays ([b, t]); get_state() is JSON-serializable
-    and set_state() resumes the exact batch sequence.
+    A grain.DatasetIterator of dicts of numpy arrays in the objective's batch format (see the
+    module docstring); get_state() is JSON-serializable and set_state() resumes the exact
+    batch sequence.
   """
-  shuffle = True
-  if isinstance(source, DataConfig):
-    seed = source.seed if seed is None else seed
-    shuffle = source.shuffle
-  seed = 0 if seed is None else seed
-  feature = source.text_feature if isinstance(source, DataConfig) else "text"
+  cfg = _objective_cfg(source, data_cfg)
+  seed = cfg.seed if seed is None else seed
+  feat = featurize.Featurizer(cfg, tokenizer, seq_len=seq_len, seed=seed,
+                              model_vocab_size=model_vocab_size)
   first, rows = _process_rows(batch_size, process_index, process_count)
   src = _resolve(source, data_dir, "train")
   if src is None or len(src) == 0:
     raise ValueError("the training split is empty.")
   ds = grain.MapDataset.source(src)
-  if shuffle:
+  if cfg.shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(None).map(_tokenize_fn(tokenizer, feature))  # repeat reseeds each epoch.
+  # repeat reseeds the shuffle each epoch; the index after repeat counts across epochs, so the
+  # masking rng of every example is fixed by (seed, index) and resumes exactly.
+  ds = ds.repeat(None).map_with_index(feat.example)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                prefetch_buffer_size=max(read_threads, 1) * 4))
-  it_ds = packing.PackIterDataset(it_ds, seq_len).batch(batch_size, drop_remainder=True)
+  it_ds = feat.rows(it_ds).batch(batch_size, drop_remainder=True)
   if (first, rows) != (0, batch_size):
     it_ds = it_ds.map(lambda b: {k: v[first:first + rows] for k, v in b.items()})
   return it_ds.__iter__()
@@ -250,30 +321,33 @@ def make_train_iterator(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batc
 
 def make_eval_batches(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batch_size: int,
                       seq_len: int, num_batches: int, process_index: int | None = None,
-                      process_count: int | None = None, data_dir: str | None = None
+                      process_count: int | None = None, data_dir: str | None = None,
+                      model_vocab_size: int | None = None, data_cfg: DataConfig | None = None
                       ) -> list[dict[str, np.ndarray]]:
   """The first num_batches batches of the held-out data, in a fixed order (no shuffle).
 
   Fewer batches are returned if the data runs out; the last one is padded with all-padding
   rows (weights 0). With a DataConfig whose data has no evaluation split: an empty list.
-  Arguments are as in make_train_iterator.
+  Arguments are as in make_train_iterator (masking uses the DataConfig's seed).
   """
-  feature = source.text_feature if isinstance(source, DataConfig) else "text"
+  cfg = _objective_cfg(source, data_cfg)
+  feat = featurize.Featurizer(cfg, tokenizer, seq_len=seq_len, seed=cfg.seed,
+                              model_vocab_size=model_vocab_size)
   first, rows = _process_rows(batch_size, process_index, process_count)
   src = _resolve(source, data_dir, "validation")
   if src is None or len(src) == 0 or num_batches <= 0:
     return []
-  ds = grain.MapDataset.source(src).map(_tokenize_fn(tokenizer, feature))
+  ds = grain.MapDataset.source(src).map_with_index(feat.example)
   rows_iter: Iterator[dict[str, np.ndarray]] = iter(
-      packing.PackIterDataset(ds.to_iter_dataset(grain.ReadOptions(num_threads=0)), seq_len))
+      feat.rows(ds.to_iter_dataset(grain.ReadOptions(num_threads=0))))
   batches = []
   for _ in range(num_batches):
     got = [r for _, r in zip(range(batch_size), rows_iter, strict=False)]
     if not got:
       break
-    batch = packing.empty_rows(batch_size, seq_len)
+    batch = feat.empty_rows(batch_size)
     for i, r in enumerate(got):
-      for k in packing.FEATURES:
+      for k in batch:
         batch[k][i] = r[k]
     batches.append({k: v[first:first + rows] for k, v in batch.items()})
     if len(got) < batch_size:
