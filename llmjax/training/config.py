@@ -35,6 +35,10 @@ class TrainConfig:
     checkpoint_every: save a checkpoint every this many steps (the last step is always saved).
     keep_checkpoints: how many recent checkpoints to keep on disk.
     async_checkpointing: write checkpoints in a background thread while training continues.
+    init_from: warm start: a training workdir whose checkpointed params initialize this run's
+      matching params (same path and shape) at step 0, e.g. a pretrained encoder for a
+      classifier; params it lacks keep their fresh initialization (training/warm_start.py).
+    init_from_step: its checkpoint step; None = latest.
   """
 
   train_steps: int = 1000
@@ -57,6 +61,8 @@ class TrainConfig:
   checkpoint_every: int = 500
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
+  init_from: str | None = None
+  init_from_step: int | None = None
 
   def __post_init__(self):
     for name in ("train_steps", "batch_size", "seq_len", "microbatches", "log_every",

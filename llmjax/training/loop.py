@@ -32,6 +32,7 @@ from llmjax.training import checkpoint as ckpt_lib
 from llmjax.training import metrics as metrics_lib
 from llmjax.training import state as state_lib
 from llmjax.training import step as step_lib
+from llmjax.training import warm_start
 from llmjax.training.config import TrainConfig
 from llmjax.training.optimizer import make_optimizer
 
@@ -84,17 +85,56 @@ def check_resume_compatible(workdir: str, new: dict) -> None:
 
 
 def check_vocab(model: ModelConfig, vocab_size: int) -> None:
-  """The model's embedding table must cover every tokenizer id."""
+  """The model's embedding table must cover every id the data can produce (the tokenizer's,
+  plus an objective's extra ids such as the MLM mask or T5 sentinels)."""
   if vocab_size > model.vocab_size:
-    raise ValueError(f"the tokenizer has {vocab_size} tokens but ModelConfig.vocab_size="
-                     f"{model.vocab_size}: set ModelConfig.vocab_size >= {vocab_size}.")
+    raise ValueError(f"the data needs {vocab_size} token ids (tokenizer + objective extra ids) "
+                     f"but ModelConfig.vocab_size={model.vocab_size}: set ModelConfig.vocab_size "
+                     f">= {vocab_size}.")
 
 
-def validate(model: ModelConfig, train: TrainConfig, mesh: jax.sharding.Mesh) -> None:
+# Which model family each data objective trains (ModelConfig.architecture, classifier head).
+OBJECTIVE_FAMILY = {
+    "causal_lm": ("decoder", False), "mlm": ("encoder", False),
+    "classification": ("encoder", True), "span_corruption": ("encoder_decoder", False),
+    "seq2seq": ("encoder_decoder", False)}
+_FAMILY_OBJECTIVES = {"decoder": "'causal_lm'", "encoder": "'mlm'",
+                      "encoder_decoder": "'span_corruption' or 'seq2seq'"}
+
+
+def check_objective(model: ModelConfig, data: Any) -> None:
+  """The data objective must produce the batches the model family trains on."""
+  objective = getattr(data, "objective", "causal_lm")
+  arch, classifier = OBJECTIVE_FAMILY[objective]
+  if model.architecture != arch:
+    raise ValueError(
+        f"DataConfig.objective={objective!r} trains an {arch!r} model, but "
+        f"ModelConfig.architecture={model.architecture!r}: use an {arch!r} model config, or "
+        f"DataConfig.objective={_FAMILY_OBJECTIVES[model.architecture]}.")
+  if model.is_classifier != classifier:
+    fix = ("set ModelConfig.num_classes to the number of labels (a classification head)"
+           if classifier else "unset ModelConfig.num_classes (an MLM head)")
+    other = "'mlm'" if classifier else "'classification'"
+    raise ValueError(f"DataConfig.objective={objective!r} with ModelConfig.num_classes="
+                     f"{model.num_classes}: {fix}, or use DataConfig.objective={other}.")
+  if classifier and data.num_classes != model.num_classes:
+    raise ValueError(
+        f"DataConfig.num_classes={data.num_classes} but ModelConfig.num_classes="
+        f"{model.num_classes}: set both to the number of labels in the data.")
+
+
+def validate(model: ModelConfig, train: TrainConfig, mesh: jax.sharding.Mesh,
+             data: Any = None) -> None:
   """Checks that the configs fit together, before any data is read or anything compiled."""
   if train.seq_len > model.max_seq_len:
     raise ValueError(f"TrainConfig.seq_len={train.seq_len} exceeds ModelConfig.max_seq_len="
                      f"{model.max_seq_len}: lower seq_len or raise max_seq_len.")
+  if data is not None:
+    check_objective(model, data)
+    decoder_len = getattr(data, "decoder_seq_len", None)
+    if decoder_len is not None and decoder_len > model.max_seq_len:
+      raise ValueError(f"DataConfig.decoder_seq_len={decoder_len} exceeds ModelConfig."
+                       f"max_seq_len={model.max_seq_len}: lower it or raise max_seq_len.")
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if train.microbatch_size % shards:
     raise ValueError(
@@ -165,13 +205,17 @@ def train(*, model: ModelConfig, data: Any, train: TrainConfig, mesh: Any, workd
   check_resume_compatible(workdir, record)  # Before touching anything.
   device_mesh = mesh_lib.make_mesh(mesh.shape)  # Raises if the shape does not fit the devices.
   rules = rules_lib.get_rules(mesh.rules)
-  validate(model, train, device_mesh)
+  validate(model, train, device_mesh, data)
   train_source, _, _ = pipeline.prepare_dataset(data)
   tokenizer = _load_or_build_tokenizer(data, workdir, train_source)
-  check_vocab(model, tokenizer.vocab_size)
+  check_vocab(model, pipeline.required_vocab_size(data, tokenizer))
+  lm = LanguageModel(model)
+  resuming = ckpt_lib.latest_step(workdir) is not None
+  if train.init_from and not resuming:  # Shapes checked before anything is written.
+    warm_start.check_compatible(train.init_from, jax.eval_shape(lm.init, jax.random.PRNGKey(0)),
+                                train.init_from_step)
   _write_run_files(workdir, record, operative_config, tokenizer)
 
-  lm = LanguageModel(model)
   optimizer, schedule = make_optimizer(train)
   boxed_init = lambda rng: lm.init_boxed(rng, batch_size=1, seq_len=train.seq_len)
   abstract_state, shardings = state_lib.state_shardings(boxed_init, optimizer, device_mesh, rules)
@@ -180,7 +224,8 @@ def train(*, model: ModelConfig, data: Any, train: TrainConfig, mesh: Any, workd
   # Given the DataConfig (not the source) so it applies shuffle/seed/text_feature; the
   # prepared dataset is cached, so this does not prepare it again.
   train_iter = pipeline.make_train_iterator(
-      data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len)
+      data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
+      model_vocab_size=model.vocab_size)
   ckpt = ckpt_lib.Checkpointer(workdir, keep=train.keep_checkpoints,
                                async_save=train.async_checkpointing)
   if ckpt.latest_step() is not None:
@@ -189,6 +234,13 @@ def train(*, model: ModelConfig, data: Any, train: TrainConfig, mesh: Any, workd
       train_iter.set_state(iter_state)
   else:
     state, _ = state_lib.create_train_state(boxed_init, optimizer, train.seed, device_mesh, rules)
+    if train.init_from:
+      # Adam's moments start at zero whatever the params, so only the params change.
+      params, report = warm_start.load_matching_params(train.init_from, state.params,
+                                                       train.init_from_step)
+      state = state.replace(params=params)
+      if jax.process_index() == 0:
+        print(f"llmjax: {report.summary()}", file=sys.stderr)
   start = int(jax.device_get(state.step))
 
   writer = metrics_lib.MetricsWriter(workdir)
@@ -233,12 +285,16 @@ def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state,
   if train.eval_batches > 0:
     eval_batches = [_to_global(b, data_sharding) for b in pipeline.make_eval_batches(
         data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
-        num_batches=train.eval_batches)]
+        num_batches=train.eval_batches, model_vocab_size=lm.config.vocab_size)]
     if eval_batches:
       eval_step = step_lib.compile_eval_step(lm, mesh, rules, shardings.params,
                                              abstract_state.params, abstract_batch,
                                              data_sharding)
-  flops_per_token = float(lm.flops_per_token(train.seq_len))
+  # Tokens a step consumes: every row's tokens, encoder and decoder side alike.
+  tokens_per_step = sum(int(np.prod(v.shape)) for k, v in abstract_batch.items()
+                        if k in ("inputs", "encoder_inputs"))
+  flops_per_token = float(lm.flops_per_token(
+      train.seq_len, abstract_batch["inputs"].shape[1] if lm.is_encoder_decoder else None))
   peak = metrics_lib.device_peak_flops()
   is_main = jax.process_index() == 0
 
@@ -260,12 +316,12 @@ def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state,
       fetched = jax.device_get(pending)
       now = time.perf_counter()
       elapsed = max(now - last_log_time - paused, 1e-9)
-      tokens_per_sec = (done - last_log_step) * train.tokens_per_step / elapsed
+      tokens_per_sec = (done - last_log_step) * tokens_per_step / elapsed
       last_log_time, last_log_step, pending, paused = now, done, [], 0.0
       # Averages over the steps since the last log; the learning rate is the current one.
       record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
       record["learning_rate"] = float(fetched[-1]["learning_rate"])
-      record["tokens"] = float(done * train.tokens_per_step)
+      record["tokens"] = float(done * tokens_per_step)
       record["tokens_per_sec"] = tokens_per_sec
       record["mfu"] = metrics_lib.mfu(tokens_per_sec, flops_per_token, peak_flops=peak)
       final.update(writer.write(done, record))
