@@ -1,4 +1,4 @@
-"""`llmjax sample`: print completions from a trained workdir."""
+"""`llmjax sample`: print completions (or fill-mask candidates) from a trained workdir."""
 
 from __future__ import annotations
 
@@ -6,20 +6,34 @@ import argparse
 import sys
 from pathlib import Path
 
+MODES = ("generate", "fill_mask")
+DEFAULT_FILL_MASK_TOP_K = 5
+
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="llmjax sample",
                                    description="Print completions from a trained workdir.")
   parser.add_argument("--workdir", required=True, help="a directory written by `llmjax train`")
   prompts = parser.add_mutually_exclusive_group()
-  prompts.add_argument("--prompt", default=None, help="prompt text ('' = start of a document)")
+  prompts.add_argument("--prompt", default=None,
+                       help="prompt text ('' = start of a document); encoder_decoder: the "
+                       "encoder input (<extra_id_i> = sentinel i); fill_mask: text with [MASK]")
   prompts.add_argument("--prompt_file", default=None, help="a file with one prompt per line")
+  parser.add_argument("--mode", choices=MODES, default="generate",
+                      help="generate (decoder / encoder_decoder) or fill_mask (MLM encoder)")
   parser.add_argument("--max_new_tokens", type=int, default=128)
   parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-  parser.add_argument("--top_k", type=int, default=0, help="0 = off")
+  parser.add_argument("--top_k", type=int, default=0,
+                      help=f"0 = off; fill_mask: candidates per mask (0 = "
+                      f"{DEFAULT_FILL_MASK_TOP_K})")
   parser.add_argument("--top_p", type=float, default=1.0, help="1.0 = off")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--num_samples", type=int, default=1, help="completions per prompt")
+  parser.add_argument("--num_samples", type=int, default=1,
+                      help="completions per prompt (with --num_beams > 1: the n best beams)")
+  parser.add_argument("--num_beams", type=int, default=1,
+                      help="> 1: beam search (deterministic; ignores temperature/top_k/top_p/seed)")
+  parser.add_argument("--length_penalty", type=float, default=1.0,
+                      help="beam search GNMT alpha: score = log_prob / ((5 + len) / 6) ** alpha")
   return parser
 
 
@@ -37,24 +51,44 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
   return prompts
 
 
+def _print_fill_mask(prompts: list[str], results: list) -> None:
+  for i, (prompt, masks) in enumerate(zip(prompts, results, strict=True)):
+    print(f"=== prompt {i + 1} ===")
+    print(prompt)
+    for m, candidates in enumerate(masks):
+      print(f"[MASK] {m + 1}:")
+      for text, prob in candidates:
+        print(f"  {prob:.4f}  {text!r}")  # repr: whitespace tokens stay visible.
+
+
 def main(argv: list[str]) -> int:
-  """Loads the workdir and prints `num_samples` completions per prompt."""
+  """Loads the workdir and prints `num_samples` completions per prompt (or fill-mask tops)."""
   args = _parser().parse_args(argv)
   try:
     prompts = _read_prompts(args)
     import llmjax
 
     model = llmjax.load(args.workdir)
-    completions = model.generate(
-        prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, num_samples=args.num_samples)
+    if args.mode == "fill_mask":
+      results = model.fill_mask(prompts, top_k=args.top_k or DEFAULT_FILL_MASK_TOP_K)
+    else:
+      completions = model.generate(
+          prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+          top_k=args.top_k, top_p=args.top_p, seed=args.seed, num_samples=args.num_samples,
+          num_beams=args.num_beams, length_penalty=args.length_penalty)
   except (ValueError, FileNotFoundError) as e:
     print(f"llmjax sample: {e}", file=sys.stderr)
     return 2
+  if args.mode == "fill_mask":
+    _print_fill_mask(prompts, results)
+    return 0
+  # A decoder continues its prompt; an encoder_decoder's output is a new text.
+  continues = not getattr(model.model, "is_encoder_decoder", False)
   per_prompt = args.num_samples
   for i, prompt in enumerate(prompts):
     for j in range(per_prompt):
       header = f"=== prompt {i + 1}" + (f", sample {j + 1}" if per_prompt > 1 else "") + " ==="
       print(header)
-      print(prompt + completions[i * per_prompt + j])
+      completion = completions[i * per_prompt + j]
+      print(prompt + completion if continues else f"{prompt}\n--> {completion}")
   return 0

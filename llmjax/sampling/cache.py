@@ -2,9 +2,12 @@
 
 The model owns the cache layout (see llmjax/models): a dict
 `{"k": [l, b, s, g, k], "v": [l, b, s, g, k]}` in the compute dtype, where each token's keys
-and values are written at slot `positions[b, t]` of its row. This file only creates, inspects
-and measures caches of that layout; decoding (decoding.py) treats the cache as an opaque
-pytree threaded through `logits_fn`.
+and values are written at slot `positions[b, t]` of its row. An encoder_decoder model's cache
+(`LanguageModel.encode_for_decoding`) adds the encoder's cross-attention "cross_k"/"cross_v"
+[l, b, s, g, k] and "encoder_mask" [1, b, s]; every leaf keeps the batch at axis 1, which beam
+search relies on. This file only creates, inspects and measures caches of the self-attention
+layout; decoding (decoding.py, beam.py) treats the cache as an opaque pytree threaded through
+`logits_fn`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,19 @@
 """Text in, text out: the user-facing sampler and `load(workdir)`, the notebook entry point.
 
-`Sampler` tokenizes prompts (BOS first), right-pads them into one batch, runs the compiled
-decoder of decoding.py and decodes the completions. Compiled shapes are bucketed (batch and
-prompt length rounded up to powers of two, the cache length likewise, capped at the model's
-max_seq_len) so repeated calls with similar prompts reuse one compilation per
-(shapes, max_new_tokens, strategy).
+`Sampler` serves both generating families:
+- decoder: the prompt is the start of the text (BOS first); completions continue it.
+- encoder_decoder (T5): the prompt is the ENCODER input (ids + EOS, no BOS, as in training);
+  the decoder starts from [BOS] and the output is the decoder's text. The encoder runs once per
+  call, inside the compiled program (`LanguageModel.encode_for_decoding` builds the cache).
+  `<extra_id_i>` in a prompt is T5 sentinel i (id = model vocab_size - 1 - i), and sentinels
+  the decoder emits are printed the same way, since the tokenizer has no text for them.
 
-`load(DIR)` rebuilds a trained model from a workdir written by `llmjax train`:
+Prompts are right-padded into one batch and run through the compiled loops of decoding.py
+(sampling) or beam.py (beam search). Compiled shapes are bucketed (batch and prompt length
+rounded up to powers of two, the cache length likewise, capped at the model's max_seq_len) so
+repeated calls with similar prompts reuse one compilation per (shapes, settings).
+
+`load(DIR)` rebuilds a trained model of any family from a workdir written by `llmjax train`:
 DIR/run_config.json (its "model" entry), DIR/tokenizer/ and the newest checkpoint's params.
 """
 
@@ -15,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,11 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmjax.models.config import ModelConfig
-from llmjax.sampling import decoding
+from llmjax.sampling import beam, decoding
 from llmjax.sampling.cache import init_cache
 from llmjax.sampling.strategies import make_strategy
 
 MIN_PROMPT_BUCKET = 8
+_SENTINEL = re.compile(r"<extra_id_(\d+)>")
 
 
 def _bucket(n: int, minimum: int = 1) -> int:
@@ -36,7 +45,11 @@ def _bucket(n: int, minimum: int = 1) -> int:
 
 
 def check_vocab(tokenizer: Any, config: ModelConfig) -> None:
-  """Raises ValueError when the tokenizer has ids the model's embedding cannot hold."""
+  """Raises ValueError when the tokenizer has ids the model's embedding cannot hold.
+
+  A larger model vocabulary is fine: the MLM mask id and T5 sentinels live past the
+  tokenizer's ids, and embeddings may be padded for speed.
+  """
   if tokenizer.vocab_size > config.vocab_size:
     raise ValueError(
         f"tokenizer vocab_size={tokenizer.vocab_size} is larger than the model's "
@@ -45,50 +58,133 @@ def check_vocab(tokenizer: Any, config: ModelConfig) -> None:
 
 
 class Sampler:
-  """Generates text from a LanguageModel, its params and a tokenizer.
+  """Generates text from a decoder or encoder_decoder LanguageModel, its params and tokenizer.
 
   Args:
-    model: a LanguageModel (llmjax/models/interface.py): `.config` and `logits_fn`.
+    model: a LanguageModel (llmjax/models/interface.py): `.config`, `logits_fn`, `init_cache`
+      and, for encoder_decoder, `encode_for_decoding`.
     params: its parameters.
     tokenizer: encode/decode/vocab_size/pad_id/bos_id/eos_id (llmjax/data/tokenizer.py).
+    num_sentinels: encoder_decoder only: how many T5 sentinel ids (the top ids of the model
+      vocabulary) the model may emit; None = every id past the tokenizer's vocabulary.
   """
 
-  def __init__(self, model: Any, params: Any, tokenizer: Any):
+  def __init__(self, model: Any, params: Any, tokenizer: Any, *,
+               num_sentinels: int | None = None):
     self.model = model
     self.params = params
     self.tokenizer = tokenizer
     self.config: ModelConfig = model.config
+    if not getattr(model, "can_decode", True):
+      kind = "a classifier" if self.config.is_classifier else "an encoder-only (MLM) model"
+      raise ValueError(f"{kind} does not generate text: "
+                       + ("use LoadedModel.logits for class logits." if self.config.is_classifier
+                          else "use fill_mask (llmjax sample --mode=fill_mask) instead."))
     check_vocab(tokenizer, self.config)
-    self.num_compilations = 0  # Traces of the decode program (tests check bucketing with it).
+    self.is_encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
+    extra = self.config.vocab_size - tokenizer.vocab_size
+    if not self.is_encoder_decoder:
+      num_sentinels = 0
+    elif num_sentinels is None:
+      num_sentinels = extra
+    if not 0 <= num_sentinels <= extra:
+      raise ValueError(f"num_sentinels={num_sentinels} must be in [0, {extra}] (model vocab "
+                       f"{self.config.vocab_size} - tokenizer vocab {tokenizer.vocab_size}).")
+    self.num_sentinels = num_sentinels
+    self.num_compilations = 0  # Traces of the decode programs (tests check bucketing with it).
     self._decode = jax.jit(self._decode_impl,
                            static_argnames=("max_new_tokens", "strategy", "cache_len"))
+    self._beam = jax.jit(self._beam_impl, static_argnames=(
+        "max_new_tokens", "num_beams", "length_penalty", "num_return", "cache_len"))
 
+  # Compiled programs.
   def _logits_fn(self, params: Any, tokens: jax.Array, positions: jax.Array,
                  cache: Any) -> tuple[jax.Array, Any]:
     logits, cache = self.model.logits_fn(params, tokens, positions, cache)
-    if self.tokenizer.vocab_size < logits.shape[-1]:
-      # Ids past the tokenizer's vocabulary (an embedding padded for speed) cannot be decoded.
-      valid = jnp.arange(logits.shape[-1]) < self.tokenizer.vocab_size
+    vocab, tok_vocab = logits.shape[-1], self.tokenizer.vocab_size
+    if tok_vocab < vocab:
+      # Ids past the tokenizer's vocabulary cannot be decoded (an embedding padded for speed,
+      # the MLM mask id), except T5 sentinels, which decode as <extra_id_i>.
+      ids = jnp.arange(vocab)
+      valid = (ids < tok_vocab) | (ids >= vocab - self.num_sentinels)
       logits = jnp.where(valid, logits, -jnp.inf)
     return logits, cache
 
-  def _decode_impl(self, params, tokens, lengths, rng, *, max_new_tokens, strategy, cache_len):
+  def _make_cache(self, params: Any, batch: int, cache_len: int, encoder_tokens: Any,
+                  encoder_segment_ids: Any) -> Any:
+    if self.is_encoder_decoder:
+      # The encoder runs here, once per call; its keys/values become part of the cache.
+      return self.model.encode_for_decoding(params, encoder_tokens, encoder_segment_ids,
+                                            cache_len)
+    # Made inside the compiled program: no transfer, and XLA can reuse the memory.
+    return init_cache(self.model, batch, cache_len)
+
+  def _decode_impl(self, params, tokens, lengths, rng, encoder_tokens, encoder_segment_ids, *,
+                   max_new_tokens, strategy, cache_len):
     self.num_compilations += 1  # Runs only while tracing.
-    # The cache is made inside the compiled program: no transfer, and XLA can reuse the memory.
-    cache = init_cache(self.model, tokens.shape[0], cache_len)
+    cache = self._make_cache(params, tokens.shape[0], cache_len, encoder_tokens,
+                             encoder_segment_ids)
     return decoding.decode(self._logits_fn, params, tokens, lengths, cache, rng,
                            max_new_tokens=max_new_tokens, strategy=strategy,
                            eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
 
-  def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
-    """BOS + ids of each prompt (an empty prompt is just BOS: start of a document)."""
-    return [[self.tokenizer.bos_id] + list(self.tokenizer.encode(p)) for p in prompts]
+  def _beam_impl(self, params, tokens, lengths, encoder_tokens, encoder_segment_ids, *,
+                 max_new_tokens, num_beams, length_penalty, num_return, cache_len):
+    self.num_compilations += 1  # Runs only while tracing.
+    # A cache for the prompt batch: beam_search prefills once per prompt, then expands it.
+    cache = self._make_cache(params, tokens.shape[0], cache_len, encoder_tokens,
+                             encoder_segment_ids)
+    return beam.beam_search(self._logits_fn, params, tokens, lengths, cache,
+                            num_beams=num_beams, max_new_tokens=max_new_tokens,
+                            eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+                            length_penalty=length_penalty, num_return=num_return)
 
-  def generate_ids(self, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int = 64,
-                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                   seed: int = 0) -> list[list[int]]:
-    """Completes token-id prompts (BOS already included); returns new ids without EOS/pad."""
-    strategy = make_strategy(temperature, top_k, top_p)
+  # Tokens <-> text.
+  def sentinel_id(self, i: int) -> int:
+    """The id of T5 sentinel i (<extra_id_i>): model vocab_size - 1 - i."""
+    if not 0 <= i < self.num_sentinels:
+      raise ValueError(f"<extra_id_{i}>: this model has {self.num_sentinels} sentinel ids"
+                       + ("" if self.num_sentinels else " (only encoder_decoder models do)")
+                       + ".")
+    return self.config.vocab_size - 1 - i
+
+  def _encode_text(self, text: str) -> list[int]:
+    if not self.is_encoder_decoder:
+      return list(self.tokenizer.encode(text))
+    ids, start = [], 0
+    for match in _SENTINEL.finditer(text):
+      ids += self.tokenizer.encode(text[start:match.start()])
+      ids.append(self.sentinel_id(int(match.group(1))))
+      start = match.end()
+    return ids + list(self.tokenizer.encode(text[start:]))
+
+  def decode_ids(self, ids: Sequence[int]) -> str:
+    """Text of generated ids; sentinel ids become "<extra_id_i>" (T5's convention)."""
+    vocab, tok_vocab = self.config.vocab_size, self.tokenizer.vocab_size
+    pieces, run = [], []
+    for i in map(int, ids):
+      if i < tok_vocab:
+        run.append(i)
+      elif i >= vocab - self.num_sentinels:
+        pieces += [self.tokenizer.decode(run), f"<extra_id_{vocab - 1 - i}>"]
+        run = []
+      # Any other id past the tokenizer has no text (the sampler never emits one).
+    return "".join(pieces) + self.tokenizer.decode(run)
+
+  def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+    """Decoder: BOS + ids of each prompt (an empty prompt is just BOS: start of a document).
+
+    encoder_decoder: the encoder input, ids + EOS (as in training); `<extra_id_i>` is a
+    sentinel.
+    """
+    if self.is_encoder_decoder:
+      return [self._encode_text(p) + [self.tokenizer.eos_id] for p in prompts]
+    return [[self.tokenizer.bos_id] + self._encode_text(p) for p in prompts]
+
+  # Batching.
+  def _pack(self, prompt_ids: Sequence[Sequence[int]],
+            max_new_tokens: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Checks and right-pads (decoder) id prompts into bucketed (tokens, lengths, cache_len)."""
     if max_new_tokens <= 0:
       raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}.")
     if not prompt_ids:
@@ -99,8 +195,9 @@ class Sampler:
     max_len = self.config.max_seq_len
     longest = max(lengths)
     if longest + max_new_tokens > max_len:
+      what = "decoder prefix" if self.is_encoder_decoder else "prompt"
       raise ValueError(
-          f"prompt of {longest} tokens (with BOS) + max_new_tokens={max_new_tokens} exceeds the "
+          f"{what} of {longest} tokens (with BOS) + max_new_tokens={max_new_tokens} exceeds the "
           f"model's max_seq_len={max_len}: lower max_new_tokens to "
           f"{max(max_len - longest, 0)} or shorten the prompt.")
     batch = _bucket(len(prompt_ids))
@@ -113,44 +210,177 @@ class Sampler:
     for i, ids in enumerate(prompt_ids):
       tokens[i, :len(ids)] = ids
       row_lengths[i] = len(ids)
+    return tokens, row_lengths, cache_len
+
+  def _pack_encoder(self, encoder_ids: Sequence[Sequence[int]] | None,
+                    batch: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Right-pads encoder inputs to [batch, bucket]; segment ids 1 on tokens, 0 on padding."""
+    if not self.is_encoder_decoder:
+      if encoder_ids is not None:
+        raise ValueError(f"encoder_ids given, but a {self.config.architecture!r} model has no "
+                         "encoder.")
+      return None, None
+    if encoder_ids is None:
+      raise ValueError("an encoder_decoder model needs encoder_ids (the encoder input of each "
+                       "prompt: ids + EOS; encode_prompts makes them).")
+    lengths = [len(e) for e in encoder_ids]
+    if min(lengths, default=0) == 0:
+      raise ValueError("every encoder input needs at least one token (encode_prompts adds EOS).")
+    longest, max_len = max(lengths), self.config.max_seq_len
+    learned = self.config.position == "learned"
+    if learned and longest > max_len:
+      raise ValueError(
+          f"encoder input of {longest} tokens (with EOS) exceeds max_seq_len={max_len}, the "
+          f"size of the learned position table: shorten the prompt by {longest - max_len} "
+          "tokens or use a model with a larger max_seq_len.")
+    padded = _bucket(longest, MIN_PROMPT_BUCKET)
+    if learned:
+      padded = min(padded, max_len)
+    tokens = np.full((batch, padded), self.tokenizer.pad_id, np.int32)
+    segments = np.zeros((batch, padded), np.int32)
+    # Filler rows get a lone EOS: a row with no real token would attend to nothing.
+    tokens[:, 0], segments[:, 0] = self.tokenizer.eos_id, 1
+    for i, ids in enumerate(encoder_ids):
+      tokens[i, :len(ids)] = ids
+      segments[i, :len(ids)] = 1
+    return tokens, segments
+
+  def _check_rows(self, prompt_ids: Sequence[Sequence[int]],
+                  encoder_ids: Sequence[Sequence[int]] | None) -> None:
+    if encoder_ids is not None and len(encoder_ids) != len(prompt_ids):
+      raise ValueError(f"{len(encoder_ids)} encoder inputs for {len(prompt_ids)} decoder "
+                       "prompts: give one per row.")
+
+  def _split_completion(self, ids: list[int]) -> list[int]:
+    return ids[:-1] if ids and ids[-1] == self.tokenizer.eos_id else ids
+
+  # Generation.
+  def generate_ids(self, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int = 64,
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                   seed: int = 0,
+                   encoder_ids: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+    """Completes token-id prompts; returns the new ids without EOS/pad.
+
+    Args:
+      prompt_ids: decoder prompts, BOS included (encoder_decoder: usually [[bos_id]] * n).
+      encoder_ids: encoder_decoder only: each row's encoder input (ids + EOS).
+      The rest as in `generate`.
+    """
+    strategy = make_strategy(temperature, top_k, top_p)
+    self._check_rows(prompt_ids, encoder_ids)
+    tokens, row_lengths, cache_len = self._pack(prompt_ids, max_new_tokens)
+    enc_tokens, enc_segments = self._pack_encoder(encoder_ids, tokens.shape[0])
     decoding.validate_decode_args(tokens.shape, row_lengths, max_new_tokens=max_new_tokens,
-                                  cache_len=cache_len, max_seq_len=max_len)
-    out = self._decode(self.params, tokens, row_lengths, jax.random.PRNGKey(seed),
-                       max_new_tokens=max_new_tokens, strategy=strategy, cache_len=cache_len)
+                                  cache_len=cache_len, max_seq_len=self.config.max_seq_len)
+    out = self._decode(self.params, tokens, row_lengths, jax.random.PRNGKey(seed), enc_tokens,
+                       enc_segments, max_new_tokens=max_new_tokens, strategy=strategy,
+                       cache_len=cache_len)
     out_tokens, out_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    return [self._split_completion(out_tokens[i, :out_lengths[i]].tolist())
+            for i in range(len(prompt_ids))]
+
+  def beam_search_ids(self, prompt_ids: Sequence[Sequence[int]], *, num_beams: int = 4,
+                      max_new_tokens: int = 64, length_penalty: float = 1.0,
+                      num_return: int | None = None,
+                      encoder_ids: Sequence[Sequence[int]] | None = None,
+                      ) -> list[list[tuple[list[int], float]]]:
+    """Beam search on id prompts (as generate_ids): per prompt, the n best (new ids, score).
+
+    Ids exclude the EOS; scores are summed log-probs / ((5 + length) / 6) ** length_penalty
+    (length counting the EOS), best first; num_return defaults to num_beams.
+    """
+    self._check_rows(prompt_ids, encoder_ids)
+    tokens, row_lengths, cache_len = self._pack(prompt_ids, max_new_tokens)
+    enc_tokens, enc_segments = self._pack_encoder(encoder_ids, tokens.shape[0])
+    abstract_cache = jax.eval_shape(
+        lambda p, e, s: self._make_cache(p, tokens.shape[0], cache_len, e, s),
+        self.params, enc_tokens, enc_segments)
+    beam.validate_beam_args(tokens.shape, row_lengths, abstract_cache, num_beams=num_beams,
+                            max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_id,
+                            num_return=num_return, max_seq_len=self.config.max_seq_len)
+    out = self._beam(self.params, tokens, row_lengths, enc_tokens, enc_segments,
+                     max_new_tokens=max_new_tokens, num_beams=int(num_beams),
+                     length_penalty=float(length_penalty), num_return=num_return,
+                     cache_len=cache_len)
+    out_tokens, out_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    scores = np.asarray(out.scores)
     results = []
     for i in range(len(prompt_ids)):
-      ids = out_tokens[i, :out_lengths[i]].tolist()
-      if ids and ids[-1] == self.tokenizer.eos_id:
-        ids = ids[:-1]
-      results.append(ids)
+      hyps = []
+      for j in range(out_tokens.shape[1]):
+        if not np.isfinite(scores[i, j]):
+          continue  # Fewer distinct hypotheses than requested exist.
+        ids = self._split_completion(out_tokens[i, j, :out_lengths[i, j]].tolist())
+        hyps.append((ids, float(scores[i, j])))
+      results.append(hyps)
     return results
+
+  def _rows(self, prompts: Sequence[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+    """(decoder prompts, encoder inputs or None) of text prompts."""
+    encoded = self.encode_prompts(list(prompts))
+    if self.is_encoder_decoder:
+      return [[self.tokenizer.bos_id] for _ in encoded], encoded
+    return encoded, None
+
+  def beam_search(self, prompts: Sequence[str] | str, *, num_beams: int = 4,
+                  max_new_tokens: int = 64, length_penalty: float = 1.0,
+                  num_return: int | None = None) -> list[list[tuple[str, float]]]:
+    """N-best completions per prompt: [(text, score)] best first (see beam_search_ids)."""
+    if isinstance(prompts, str):
+      prompts = [prompts]
+    decoder_ids, encoder_ids = self._rows(prompts)
+    nbest = self.beam_search_ids(decoder_ids, num_beams=num_beams,
+                                 max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+                                 num_return=num_return, encoder_ids=encoder_ids)
+    return [[(self.decode_ids(ids), score) for ids, score in hyps] for hyps in nbest]
 
   def generate(self, prompts: Sequence[str] | str, *, max_new_tokens: int = 64,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-               num_samples: int = 1) -> list[str]:
+               num_samples: int = 1, num_beams: int = 1,
+               length_penalty: float = 1.0) -> list[str]:
     """Completes each prompt `num_samples` times.
 
     Args:
-      prompts: a string or a list of strings; "" starts a fresh document.
+      prompts: a string or a list of strings. Decoder: "" starts a fresh document.
+        encoder_decoder: each is the encoder input; `<extra_id_i>` marks T5 sentinel i.
       max_new_tokens: most tokens generated per completion (it stops earlier at EOS).
       temperature: 0 = greedy; top_k: 0 = off; top_p: 1.0 = off (make_strategy).
       seed: PRNG seed; the same seed and settings give the same completions.
-      num_samples: completions per prompt.
+      num_samples: completions per prompt; with num_beams > 1, the num_samples best beam
+        hypotheses (at most num_beams).
+      num_beams: > 1 runs beam search (deterministic: temperature, top_k, top_p and seed are
+        not used); 1 samples as above.
+      length_penalty: beam search's GNMT alpha (0 = rank by summed log-prob).
 
     Returns:
-      The completions only (without the prompt), prompt-major: the j-th sample of prompt i is
-      at index i * num_samples + j.
+      The completions only (without the prompt, BOS or EOS), prompt-major: the j-th sample of
+      prompt i is at index i * num_samples + j.
     """
     if isinstance(prompts, str):
       prompts = [prompts]
     if num_samples <= 0:
       raise ValueError(f"num_samples must be positive, got {num_samples}.")
-    encoded = self.encode_prompts(list(prompts))
-    rows = [ids for ids in encoded for _ in range(num_samples)]
-    completions = self.generate_ids(rows, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    return [self.tokenizer.decode(ids) for ids in completions]
+    if not isinstance(num_beams, int | np.integer) or num_beams < 1:
+      raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}.")
+    decoder_ids, encoder_ids = self._rows(prompts)
+    if num_beams > 1:
+      if num_samples > num_beams:
+        raise ValueError(f"num_samples={num_samples} > num_beams={num_beams}: beam search "
+                         f"returns at most num_beams hypotheses; raise num_beams.")
+      nbest = self.beam_search_ids(decoder_ids, num_beams=num_beams,
+                                   max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+                                   num_return=num_samples, encoder_ids=encoder_ids)
+      # Pad with the best when fewer distinct hypotheses exist, keeping the prompt-major layout.
+      return [self.decode_ids((hyps + hyps[:1] * num_samples)[j][0])
+              for hyps in nbest for j in range(num_samples)]
+
+    def repeat(rows: list[list[int]] | None) -> list[list[int]] | None:
+      return None if rows is None else [r for r in rows for _ in range(num_samples)]
+
+    completions = self.generate_ids(repeat(decoder_ids), max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_k=top_k, top_p=top_p,
+                                    seed=seed, encoder_ids=repeat(encoder_ids))
+    return [self.decode_ids(ids) for ids in completions]
 
 
 @dataclasses.dataclass
@@ -163,6 +393,8 @@ class LoadedModel:
     tokenizer: its tokenizer.
     model: the LanguageModel wrapper.
     step: the checkpoint step the params come from.
+    num_sentinels: encoder_decoder: T5 sentinel ids it was trained with (None = all ids past
+      the tokenizer's vocabulary).
   """
 
   config: ModelConfig
@@ -170,39 +402,102 @@ class LoadedModel:
   tokenizer: Any
   model: Any
   step: int | None = None
+  num_sentinels: int | None = None
 
   def __post_init__(self):
-    self.sampler = Sampler(self.model, self.params, self.tokenizer)
+    # Encoder-only models do not generate: no sampler (generate explains what to use).
+    self.sampler = (Sampler(self.model, self.params, self.tokenizer,
+                            num_sentinels=self.num_sentinels)
+                    if getattr(self.model, "can_decode", True) else None)
     self._forward = jax.jit(self._forward_impl)
 
-  def _forward_impl(self, params: Any, tokens: jax.Array) -> jax.Array:
+  def _forward_impl(self, params: Any, tokens: jax.Array,
+                    decoder_tokens: jax.Array | None) -> jax.Array:
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    logits, _ = self.model.logits_fn(params, tokens, positions, None)
+    if decoder_tokens is not None:  # encoder_decoder: teacher-forced decoder logits.
+      logits, _ = self.model.apply(params, {"encoder_inputs": tokens, "inputs": decoder_tokens})
+    elif getattr(self.model, "can_decode", True):
+      logits, _ = self.model.logits_fn(params, tokens, positions, None)
+    else:  # Encoder: MLM logits [b, t, v], or class logits [b, c].
+      logits, _ = self.model.apply(params, tokens, positions)
     return logits
 
-  def logits(self, token_ids: Any) -> np.ndarray:
-    """Full-forward logits: ids [t] -> [t, v] float32, or [b, t] -> [b, t, v]."""
+  def _check_ids(self, token_ids: Any, name: str) -> np.ndarray:
     tokens = np.asarray(token_ids)
     if tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:
-      raise ValueError(f"token_ids must be a non-empty [t] or [b, t] sequence, got shape "
+      raise ValueError(f"{name} must be a non-empty [t] or [b, t] sequence, got shape "
                        f"{tokens.shape}.")
     if not np.issubdtype(tokens.dtype, np.integer):
-      raise ValueError(f"token_ids must be integers, got dtype {tokens.dtype}.")
+      raise ValueError(f"{name} must be integers, got dtype {tokens.dtype}.")
     if tokens.shape[-1] > self.config.max_seq_len:
-      raise ValueError(f"{tokens.shape[-1]} tokens exceed max_seq_len={self.config.max_seq_len}.")
+      raise ValueError(f"{name}: {tokens.shape[-1]} tokens exceed max_seq_len="
+                       f"{self.config.max_seq_len}.")
     if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
-      raise ValueError(f"token ids must be in [0, {self.config.vocab_size}).")
+      raise ValueError(f"{name}: token ids must be in [0, {self.config.vocab_size}).")
+    return tokens
+
+  def logits(self, token_ids: Any, decoder_ids: Any = None) -> np.ndarray:
+    """Full-forward float32 logits of any family.
+
+    Args:
+      token_ids: [t] or [b, t] ids. Decoder: the text (BOS first). Encoder: the (masked)
+        document. encoder_decoder: the encoder input.
+      decoder_ids: encoder_decoder only (and required there): the decoder input, BOS first,
+        [t'] or [b, t'] like token_ids.
+
+    Returns:
+      [t, v] (or [b, t, v]) next-token / MLM logits; encoder_decoder: [t', v] decoder logits;
+      a classifier: [num_classes] (or [b, num_classes]).
+    """
+    tokens = self._check_ids(token_ids, "token_ids")
+    decoder = None
+    if self.model.is_encoder_decoder:
+      if decoder_ids is None:
+        raise ValueError("an encoder_decoder model's logits need decoder_ids (the decoder "
+                         "input, BOS first) besides token_ids (the encoder input).")
+      decoder = self._check_ids(decoder_ids, "decoder_ids")
+      if decoder.ndim != tokens.ndim or (tokens.ndim == 2 and len(decoder) != len(tokens)):
+        raise ValueError(f"decoder_ids shape {decoder.shape} does not match token_ids shape "
+                         f"{tokens.shape} (same rank and batch).")
+      decoder = (decoder if decoder.ndim == 2 else decoder[None]).astype(np.int32)
+    elif decoder_ids is not None:
+      raise ValueError(f"decoder_ids is for encoder_decoder models; this one is "
+                       f"{self.config.architecture!r}.")
     batched = tokens if tokens.ndim == 2 else tokens[None]
-    logits = np.asarray(self._forward(self.params, batched.astype(np.int32)))
+    logits = np.asarray(self._forward(self.params, batched.astype(np.int32), decoder))
     return logits if tokens.ndim == 2 else logits[0]
 
   def generate(self, prompts: Sequence[str] | str, **sampling_kwargs: Any) -> list[str]:
-    """Sampler.generate: max_new_tokens, temperature, top_k, top_p, seed, num_samples."""
+    """Sampler.generate: max_new_tokens, temperature, top_k, top_p, seed, num_samples,
+    num_beams, length_penalty. encoder_decoder: each prompt is the encoder input."""
+    if self.sampler is None:
+      if self.config.is_classifier:
+        raise ValueError("this is a classifier (encoder with num_classes): it does not generate "
+                         "text; use LoadedModel.logits(token_ids) for class logits.")
+      raise ValueError("an encoder-only (MLM) model does not generate text: use "
+                       "LoadedModel.fill_mask(texts) or `llmjax sample --mode=fill_mask "
+                       "--prompt='... [MASK] ...'`.")
     return self.sampler.generate(prompts, **sampling_kwargs)
+
+  def fill_mask(self, texts: Sequence[str] | str, top_k: int = 5,
+                mask_token: str = "[MASK]") -> list[list[list[tuple[str, float]]]]:
+    """fill_mask.fill_mask: per text, per mask, the top_k (token text, probability)."""
+    from llmjax.sampling.fill_mask import fill_mask
+
+    return fill_mask(self.model, self.params, self.tokenizer, texts, top_k=top_k,
+                     mask_token=mask_token)
+
+
+def _num_sentinels(run_config: dict) -> int | None:
+  """Sentinel count of a span-corruption run (DataConfig.extra_ids), else None."""
+  data = run_config.get("data")
+  if isinstance(data, dict) and data.get("objective") == "span_corruption":
+    return data.get("extra_ids")
+  return None
 
 
 def load(workdir: str, step: int | None = None) -> LoadedModel:
-  """Loads the model, tokenizer and params (no optimizer state) of a training workdir.
+  """Loads the model (any family), tokenizer and params (no optimizer state) of a workdir.
 
   Args:
     workdir: a directory written by `llmjax train` (run_config.json, tokenizer/, checkpoints/).
@@ -256,4 +551,5 @@ def load(workdir: str, step: int | None = None) -> LoadedModel:
   params = checkpoint.restore_params(workdir, abstract_params, step=step)
   if step is None:
     step = checkpoint.latest_step(workdir)
-  return LoadedModel(config=config, params=params, tokenizer=tokenizer, model=model, step=step)
+  return LoadedModel(config=config, params=params, tokenizer=tokenizer, model=model, step=step,
+                     num_sentinels=_num_sentinels(run_config))

@@ -151,6 +151,45 @@ def test_filler_rows_do_not_change_results():
   assert np.all([isinstance(s, str) for s in three])
 
 
+# --- Beam search through the Sampler. ---
+
+V = 16  # Bigram vocabulary
+
+
+class BigramModel:
+  """Logits = table[token]; cache {"seen": [1, b, s]} obeys the batch-at-axis-1 rule."""
+
+  def __init__(self):
+    self.config = ModelConfig(vocab_size=V, num_layers=1, num_heads=1, embed_dim=4, mlp_dim=4,
+                              max_seq_len=32)
+
+  def init_cache(self, batch_size, max_len):
+    return {"seen": jnp.zeros((1, batch_size, max_len), jnp.int32)}
+
+  def logits_fn(self, params, tokens, positions, cache):
+    logits = params["table"][tokens]
+    if cache is None:
+      return logits, None
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    return logits, {"seen": cache["seen"].at[0, rows, positions].set(tokens)}
+
+
+def test_sampler_beam():
+  table = np.random.default_rng(0).normal(0, 2.0, (V, V)).astype(np.float32)
+  s = Sampler(BigramModel(), {"table": jnp.asarray(table)}, CharTokenizer())
+  nbest = s.beam_search(["ab", "", "mmm"], num_beams=4, max_new_tokens=5, num_return=3)
+  assert len(nbest) == 3 and all(len(h) == 3 for h in nbest)
+  for hyps in nbest:
+    scores = [sc for _, sc in hyps]
+    assert scores == sorted(scores, reverse=True)
+  best = s.generate(["ab", "", "mmm"], num_beams=4, max_new_tokens=5)
+  assert best == [h[0][0] for h in nbest]
+  two = s.generate(["ab", "", "mmm"], num_beams=4, max_new_tokens=5, num_samples=2)
+  assert two[::2] == best and two[1::2] == [h[1][0] for h in nbest]
+  with pytest.raises(ValueError, match="raise num_beams"):
+    s.generate(["ab"], num_beams=2, num_samples=3)
+
+
 # --- The real model, tokenizer and checkpoint format. ---
 
 
