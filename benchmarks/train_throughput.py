@@ -36,16 +36,30 @@ from llmjax.training.loop import validate  # noqa: E402
 from llmjax.training.optimizer import make_optimizer  # noqa: E402
 
 
-def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int) -> dict:
-  """One packed batch in the trainer's format: a single document per row."""
-  tokens = rng.integers(3, vocab, size=(batch, seq_len + 1), dtype=np.int32)
+def _rows(rng: np.random.Generator, batch: int, length: int, vocab: int) -> dict:
+  tokens = rng.integers(3, vocab, size=(batch, length + 1), dtype=np.int32)
   return {
       "inputs": tokens[:, :-1],
       "targets": tokens[:, 1:],
-      "segment_ids": np.ones((batch, seq_len), np.int32),
-      "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy(),
-      "weights": np.ones((batch, seq_len), np.float32),
+      "segment_ids": np.ones((batch, length), np.int32),
+      "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)).copy(),
+      "weights": np.ones((batch, length), np.float32),
   }
+
+
+def synthetic_batch(rng: np.random.Generator, model_cfg, data_cfg, batch: int,
+                    seq_len: int) -> dict:
+  """One batch in the trainer's format for the model's family, one example per row."""
+  vocab = model_cfg.vocab_size
+  rows = _rows(rng, batch, seq_len, vocab)
+  if model_cfg.architecture == "encoder" and model_cfg.num_classes:
+    del rows["targets"]
+    rows["labels"] = rng.integers(0, model_cfg.num_classes, size=(batch,), dtype=np.int32)
+    rows["weights"] = np.ones((batch,), np.float32)
+  elif model_cfg.architecture == "encoder_decoder":
+    decoder = _rows(rng, batch, data_cfg.decoder_seq_len or seq_len, vocab)
+    rows = {f"encoder_{k}": rows[k] for k in ("inputs", "segment_ids", "positions")} | decoder
+  return rows
 
 
 def main(argv: list[str]) -> dict:
@@ -59,10 +73,11 @@ def main(argv: list[str]) -> dict:
   gin_config.parse(args.gin_file or ["runs/quickstart.gin"], bindings)
   configs = gin_config.build_all()
   model_cfg, train_cfg, mesh_cfg = configs["model"], configs["train"], configs["mesh"]
+  data_cfg = configs["data"]
 
   mesh = mesh_lib.make_mesh(mesh_cfg.shape)
   rules = rules_lib.get_rules(mesh_cfg.rules)
-  validate(model_cfg, train_cfg, mesh)
+  validate(model_cfg, train_cfg, mesh, data_cfg)
   lm = LanguageModel(model_cfg)
   optimizer, schedule = make_optimizer(train_cfg)
   boxed_init = lambda rng: lm.init_boxed(rng, batch_size=1, seq_len=train_cfg.seq_len)
@@ -71,7 +86,7 @@ def main(argv: list[str]) -> dict:
   batch_sharding = partition.data_sharding(mesh)
 
   rng = np.random.default_rng(0)
-  host_batch = synthetic_batch(rng, train_cfg.batch_size, train_cfg.seq_len, model_cfg.vocab_size)
+  host_batch = synthetic_batch(rng, model_cfg, data_cfg, train_cfg.batch_size, train_cfg.seq_len)
   batch = {k: jax.device_put(v, batch_sharding) for k, v in host_batch.items()}
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
 
@@ -92,15 +107,18 @@ def main(argv: list[str]) -> dict:
     jax.block_until_ready((state, metrics))
     step_times.append((time.perf_counter() - start) / args.steps)
 
-  tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
+  # Tokens the model reads per step (encoder + decoder for encoder-decoder models).
+  tokens_per_step = sum(v.size for k, v in host_batch.items() if k.endswith("inputs"))
   rates = [tokens_per_step / t for t in step_times]
-  flops_per_token = float(lm.flops_per_token(train_cfg.seq_len))
+  decoder_len = host_batch["inputs"].shape[1] if lm.is_encoder_decoder else None
+  flops_per_token = float(lm.flops_per_token(train_cfg.seq_len, decoder_len))
   peak = metrics_lib.device_peak_flops()
   median = statistics.median(rates)
   return {
       "benchmark": "train_throughput",
       "gin_files": args.gin_file,
       "bindings": bindings,
+      "architecture": model_cfg.architecture,
       "tokens_per_sec": median,
       "tokens_per_sec_min": min(rates),
       "tokens_per_sec_max": max(rates),

@@ -12,14 +12,40 @@ from llmjax.models.interface import LanguageModel
 GIN_DIR = Path(__file__).resolve().parents[2] / "gin_configs"
 MODEL_FILES = sorted(p.relative_to(GIN_DIR).as_posix() for p in GIN_DIR.glob("models/*.gin"))
 RUN_FILES = sorted(p.relative_to(GIN_DIR).as_posix() for p in GIN_DIR.glob("runs/*.gin"))
-# Macros every run file exposes (issue 2): overridable with --gin.NAME=VALUE.
-RUN_MACROS = ("TRAIN_STEPS", "BATCH_SIZE", "SEQ_LEN", "SEED", "CHECKPOINT_EVERY", "EVAL_EVERY",
-              "TEXT_FILES", "TOKENIZER")
+# Macros every run file exposes: overridable with --gin.NAME=VALUE. Corpus runs also expose
+# TEXT_FILES, example-file runs TRAIN_FILE and EVAL_FILE.
+RUN_MACROS = ("TRAIN_STEPS", "WARMUP_STEPS", "BATCH_SIZE", "SEQ_LEN", "SEED", "CHECKPOINT_EVERY",
+              "EVAL_EVERY", "TOKENIZER", "VOCAB_SIZE")
+# Every model file binds all of these, so a model file given after another replaces the whole
+# shape instead of inheriting, say, the previous file's head_dim.
+SHAPE_FIELDS = ("architecture", "vocab_size", "max_seq_len", "num_layers", "num_decoder_layers",
+                "num_heads", "num_kv_heads", "head_dim", "embed_dim", "mlp_dim", "position",
+                "rope_theta", "relative_num_buckets", "relative_max_distance", "norm", "norm_eps",
+                "mlp", "use_bias", "tie_embeddings", "dropout_rate", "sliding_window")
+TOY_DATA = Path(__file__).resolve().parents[2] / "experiments" / "toy_data" / "make_toy_data.py"
+
+
+@pytest.fixture
+def in_toy_data_dir(tmp_path, monkeypatch):
+  """A working directory holding the generated data the example-file run configs name."""
+  import runpy
+  toy = runpy.run_path(str(TOY_DATA))
+  toy["write"]("sentiment", str(tmp_path / "data" / "sentiment"), 40, 10, 0)
+  toy["write"]("reverse", str(tmp_path / "data" / "reverse"), 40, 10, 0)
+  monkeypatch.chdir(tmp_path)
+  return tmp_path
 
 
 def test_repo_has_the_documented_gin_files():
   assert "runs/quickstart.gin" in RUN_FILES
   assert {"models/tiny.gin", "models/gpt2_small.gin"} <= set(MODEL_FILES)
+
+
+@pytest.mark.parametrize("model_file", MODEL_FILES)
+def test_model_file_binds_every_shape_field(model_file):
+  text = (GIN_DIR / model_file).read_text()
+  missing = [f for f in SHAPE_FIELDS if f"ModelConfig.{f} =" not in text]
+  assert not missing, f"{model_file} leaves {missing} to whatever was bound before it"
 
 
 @pytest.mark.parametrize("model_file", MODEL_FILES)
@@ -37,13 +63,14 @@ def test_gpt2_small_has_the_gpt2_parameter_count():
 
 
 @pytest.mark.parametrize("run_file", RUN_FILES)
-def test_run_file_builds_every_config_and_exposes_macros(run_file):
+def test_run_file_builds_every_config_and_exposes_macros(run_file, in_toy_data_dir):
   gin_config.parse([run_file], [])
   configs = gin_config.build_all()
   assert set(configs) == {"model", "data", "train", "mesh"}
   assert configs["train"].seq_len <= configs["model"].max_seq_len
   macros = gin_config._defined_macros()
   assert set(RUN_MACROS) <= set(macros), set(RUN_MACROS) - set(macros)
+  assert "TEXT_FILES" in macros or {"TRAIN_FILE", "EVAL_FILE"} <= set(macros)
 
 
 def test_a_run_file_combines_with_another_model_file():
