@@ -6,7 +6,8 @@ The curated public API (the notebook entry points); everything else lives in the
 from llmjax.data.pipeline import DataConfig
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
-from llmjax.sampling.sampler import LoadedModel, Sampler, load
+from llmjax.sampling.loading import LoadedModel, load
+from llmjax.sampling.sampler import Sampler
 from llmjax.sharding.mesh import MeshConfig
 from llmjax.training.config import TrainConfig
 from llmjax.training.loop import train

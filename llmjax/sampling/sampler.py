@@ -1,4 +1,4 @@
-"""Text in, text out: the user-facing sampler and `load(workdir)`, the notebook entry point.
+"""Text in, text out: the user-facing `Sampler` for decoder and encoder-decoder models.
 
 `Sampler` serves both generating families:
 - decoder: the prompt is the start of the text (BOS first); completions continue it.
@@ -13,15 +13,11 @@ Prompts are right-padded into one batch and run through the compiled loops of de
 rounded up to powers of two, the cache length likewise, capped at the model's max_seq_len) so
 repeated calls with similar prompts reuse one compilation per (shapes, settings).
 
-`load(DIR)` rebuilds a trained model of any family from a workdir written by `llmjax train`:
-DIR/run_config.json (its "model" entry), DIR/tokenizer/ and the newest checkpoint's params.
+`load(DIR)` (loading.py) rebuilds a trained model of any family from a workdir.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -381,175 +377,3 @@ class Sampler:
                                     temperature=temperature, top_k=top_k, top_p=top_p,
                                     seed=seed, encoder_ids=repeat(encoder_ids))
     return [self.decode_ids(ids) for ids in completions]
-
-
-@dataclasses.dataclass
-class LoadedModel:
-  """A trained model from a workdir: config, params, tokenizer and convenience methods.
-
-  Attributes:
-    config: the ModelConfig it was trained with.
-    params: its parameters.
-    tokenizer: its tokenizer.
-    model: the LanguageModel wrapper.
-    step: the checkpoint step the params come from.
-    num_sentinels: encoder_decoder: T5 sentinel ids it was trained with (None = all ids past
-      the tokenizer's vocabulary).
-  """
-
-  config: ModelConfig
-  params: Any
-  tokenizer: Any
-  model: Any
-  step: int | None = None
-  num_sentinels: int | None = None
-
-  def __post_init__(self):
-    # Encoder-only models do not generate: no sampler (generate explains what to use).
-    self.sampler = (Sampler(self.model, self.params, self.tokenizer,
-                            num_sentinels=self.num_sentinels)
-                    if getattr(self.model, "can_decode", True) else None)
-    self._forward = jax.jit(self._forward_impl)
-
-  def _forward_impl(self, params: Any, tokens: jax.Array,
-                    decoder_tokens: jax.Array | None) -> jax.Array:
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    if decoder_tokens is not None:  # encoder_decoder: teacher-forced decoder logits.
-      logits, _ = self.model.apply(params, {"encoder_inputs": tokens, "inputs": decoder_tokens})
-    elif getattr(self.model, "can_decode", True):
-      logits, _ = self.model.logits_fn(params, tokens, positions, None)
-    else:  # Encoder: MLM logits [b, t, v], or class logits [b, c].
-      logits, _ = self.model.apply(params, tokens, positions)
-    return logits
-
-  def _check_ids(self, token_ids: Any, name: str) -> np.ndarray:
-    tokens = np.asarray(token_ids)
-    if tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:
-      raise ValueError(f"{name} must be a non-empty [t] or [b, t] sequence, got shape "
-                       f"{tokens.shape}.")
-    if not np.issubdtype(tokens.dtype, np.integer):
-      raise ValueError(f"{name} must be integers, got dtype {tokens.dtype}.")
-    if tokens.shape[-1] > self.config.max_seq_len:
-      raise ValueError(f"{name}: {tokens.shape[-1]} tokens exceed max_seq_len="
-                       f"{self.config.max_seq_len}.")
-    if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
-      raise ValueError(f"{name}: token ids must be in [0, {self.config.vocab_size}).")
-    return tokens
-
-  def logits(self, token_ids: Any, decoder_ids: Any = None) -> np.ndarray:
-    """Full-forward float32 logits of any family.
-
-    Args:
-      token_ids: [t] or [b, t] ids. Decoder: the text (BOS first). Encoder: the (masked)
-        document. encoder_decoder: the encoder input.
-      decoder_ids: encoder_decoder only (and required there): the decoder input, BOS first,
-        [t'] or [b, t'] like token_ids.
-
-    Returns:
-      [t, v] (or [b, t, v]) next-token / MLM logits; encoder_decoder: [t', v] decoder logits;
-      a classifier: [num_classes] (or [b, num_classes]).
-    """
-    tokens = self._check_ids(token_ids, "token_ids")
-    decoder = None
-    if self.model.is_encoder_decoder:
-      if decoder_ids is None:
-        raise ValueError("an encoder_decoder model's logits need decoder_ids (the decoder "
-                         "input, BOS first) besides token_ids (the encoder input).")
-      decoder = self._check_ids(decoder_ids, "decoder_ids")
-      if decoder.ndim != tokens.ndim or (tokens.ndim == 2 and len(decoder) != len(tokens)):
-        raise ValueError(f"decoder_ids shape {decoder.shape} does not match token_ids shape "
-                         f"{tokens.shape} (same rank and batch).")
-      decoder = (decoder if decoder.ndim == 2 else decoder[None]).astype(np.int32)
-    elif decoder_ids is not None:
-      raise ValueError(f"decoder_ids is for encoder_decoder models; this one is "
-                       f"{self.config.architecture!r}.")
-    batched = tokens if tokens.ndim == 2 else tokens[None]
-    logits = np.asarray(self._forward(self.params, batched.astype(np.int32), decoder))
-    return logits if tokens.ndim == 2 else logits[0]
-
-  def generate(self, prompts: Sequence[str] | str, **sampling_kwargs: Any) -> list[str]:
-    """Sampler.generate: max_new_tokens, temperature, top_k, top_p, seed, num_samples,
-    num_beams, length_penalty. encoder_decoder: each prompt is the encoder input."""
-    if self.sampler is None:
-      if self.config.is_classifier:
-        raise ValueError("this is a classifier (encoder with num_classes): it does not generate "
-                         "text; use LoadedModel.logits(token_ids) for class logits.")
-      raise ValueError("an encoder-only (MLM) model does not generate text: use "
-                       "LoadedModel.fill_mask(texts) or `llmjax sample --mode=fill_mask "
-                       "--prompt='... [MASK] ...'`.")
-    return self.sampler.generate(prompts, **sampling_kwargs)
-
-  def fill_mask(self, texts: Sequence[str] | str, top_k: int = 5,
-                mask_token: str = "[MASK]") -> list[list[list[tuple[str, float]]]]:
-    """fill_mask.fill_mask: per text, per mask, the top_k (token text, probability)."""
-    from llmjax.sampling.fill_mask import fill_mask
-
-    return fill_mask(self.model, self.params, self.tokenizer, texts, top_k=top_k,
-                     mask_token=mask_token)
-
-
-def _num_sentinels(run_config: dict) -> int | None:
-  """Sentinel count of a span-corruption run (DataConfig.extra_ids), else None."""
-  data = run_config.get("data")
-  if isinstance(data, dict) and data.get("objective") == "span_corruption":
-    return data.get("extra_ids")
-  return None
-
-
-def load(workdir: str, step: int | None = None) -> LoadedModel:
-  """Loads the model (any family), tokenizer and params (no optimizer state) of a workdir.
-
-  Args:
-    workdir: a directory written by `llmjax train` (run_config.json, tokenizer/, checkpoints/).
-    step: the checkpoint step; None means the latest.
-
-  Returns:
-    A LoadedModel.
-
-  Raises:
-    FileNotFoundError: the workdir, its run_config.json, tokenizer or checkpoint is missing.
-    ValueError: the tokenizer's vocabulary does not fit the model.
-  """
-  # Imported here: Sampler alone should not pull in Orbax and the data stack.
-  from llmjax.training import checkpoint
-
-  workdir = os.path.abspath(os.fspath(workdir))
-  hint = f"run `llmjax train --workdir={workdir}` first"
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"workdir {workdir} does not exist: {hint}.")
-  config_path = os.path.join(workdir, "run_config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{config_path} not found, so {workdir} is not a training "
-                            f"workdir: {hint}.")
-  with open(config_path, encoding="utf-8") as f:
-    run_config = json.load(f)
-  if "model" not in run_config:
-    raise ValueError(f"{config_path} has no 'model' entry (keys: {sorted(run_config)}).")
-  model_fields = run_config["model"]
-  if isinstance(model_fields, str):
-    model_fields = json.loads(model_fields)
-  known = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(model_fields) - known)
-  if unknown:
-    raise ValueError(f"{config_path} has model fields {unknown} this llmjax's ModelConfig does "
-                     "not know: it was written by another llmjax version.")
-  config = ModelConfig(**model_fields)
-
-  if checkpoint.latest_step(workdir) is None:
-    raise FileNotFoundError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}: {hint} "
-                            "(or wait until it saves its first checkpoint).")
-  tokenizer_dir = os.path.join(workdir, "tokenizer")
-  if not os.path.isdir(tokenizer_dir):
-    raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: {hint}.")
-  from llmjax.data.tokenizer import load_tokenizer
-  from llmjax.models.interface import LanguageModel
-
-  tokenizer = load_tokenizer(tokenizer_dir)
-  check_vocab(tokenizer, config)
-  model = LanguageModel(config)
-  abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-  params = checkpoint.restore_params(workdir, abstract_params, step=step)
-  if step is None:
-    step = checkpoint.latest_step(workdir)
-  return LoadedModel(config=config, params=params, tokenizer=tokenizer, model=model, step=step,
-                     num_sentinels=_num_sentinels(run_config))

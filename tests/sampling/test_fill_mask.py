@@ -11,7 +11,7 @@ from llmjax.data.tokenizer import ByteTokenizer
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
 from llmjax.sampling.fill_mask import encode_masked, fill_mask
-from llmjax.sampling.sampler import LoadedModel, load
+from llmjax.sampling.loading import LoadedModel, load
 
 TOK = ByteTokenizer()  # 260 ids; the mask id is 260
 MASK_ID = TOK.vocab_size

@@ -230,7 +230,7 @@ def _write_workdir(path, model, params, tokenizer, *, with_checkpoint=True):
 
 
 def test_load_roundtrip(tiny, tmp_path):
-  from llmjax.sampling.sampler import load
+  from llmjax.sampling.loading import load
 
   model, params, tokenizer = tiny
   _write_workdir(tmp_path, model, params, tokenizer)
@@ -246,7 +246,7 @@ def test_load_roundtrip(tiny, tmp_path):
 
 
 def test_load_without_checkpoint_says_train_first(tiny, tmp_path):
-  from llmjax.sampling.sampler import load
+  from llmjax.sampling.loading import load
 
   with pytest.raises(FileNotFoundError, match="llmjax train"):
     load(str(tmp_path))
@@ -257,7 +257,7 @@ def test_load_without_checkpoint_says_train_first(tiny, tmp_path):
 
 
 def test_load_rejects_tokenizer_larger_than_model(tiny, tmp_path):
-  from llmjax.sampling.sampler import load
+  from llmjax.sampling.loading import load
 
   model, params, tokenizer = tiny
   _write_workdir(tmp_path, model, params, tokenizer)

@@ -16,7 +16,8 @@ from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
 from llmjax.sampling import beam
 from llmjax.sampling.cache import init_cache
-from llmjax.sampling.sampler import LoadedModel, Sampler, load
+from llmjax.sampling.loading import LoadedModel, load
+from llmjax.sampling.sampler import Sampler
 
 TOK = ByteTokenizer()  # 260 ids
 NUM_SENTINELS = 12
