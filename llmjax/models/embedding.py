@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from llmjax.models.position import LearnedPositions, sinusoidal_embedding
 from llmjax.sharding import axes
+from llmjax.sharding.partition import constrain
 
 
 class Embed(nn.Module):
@@ -74,3 +75,18 @@ def absolute_positions(config: Any, positions: jax.Array, name: str) -> jax.Arra
   if config.position == "sinusoidal":
     return sinusoidal_embedding(positions, config.embed_dim).astype(config.compute_dtype)
   return None
+
+
+def embed_inputs(config: Any, tokens: jax.Array, positions: jax.Array,
+                 deterministic: bool) -> tuple[jax.Array, Embed]:
+  """Token embedding (+ absolute positions) + dropout for a single-stack model: returns the
+  [b, t, d] activations and the `token_embed` module (for a tied output projection). Call
+  from inside a compact method; creates the submodules `token_embed` and `position_embed`."""
+  embed = Embed(config.vocab_size, config.embed_dim, config.compute_dtype, config.weight_dtype,
+                name="token_embed")
+  x = embed(tokens)  # [b, t, d]
+  pos = absolute_positions(config, positions, "position_embed")
+  if pos is not None:
+    x = x + pos
+  x = nn.Dropout(config.dropout_rate)(x, deterministic=deterministic)
+  return constrain(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)), embed

@@ -6,11 +6,11 @@ import flax.linen as nn
 import jax
 
 from llmjax.models.config import ModelConfig
-from llmjax.models.embedding import Embed, absolute_positions, vocab_projection
+from llmjax.models.embedding import embed_inputs, vocab_projection
 from llmjax.models.heads import ClassificationHead, MlmTransform
 from llmjax.models.norms import make_norm
 from llmjax.models.stack import TransformerStack
-from llmjax.models.transformer import ACT, default_positions
+from llmjax.models.transformer import default_positions
 from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
 
@@ -42,14 +42,8 @@ class EncoderOnly(nn.Module):
     """
     cfg = self.config
     positions, segment_ids = default_positions(tokens, positions, segment_ids)
-    embed = Embed(cfg.vocab_size, cfg.embed_dim, cfg.compute_dtype, cfg.weight_dtype,
-                  name="token_embed")
-    x = embed(tokens)
-    pos = absolute_positions(cfg, positions, "position_embed")
-    if pos is not None:
-      x = x + pos
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = constrain(x, ACT)
+    x, embed = embed_inputs(cfg, tokens, positions, deterministic)
+
     x, _ = TransformerStack(cfg, cfg.num_layers, causal=False, deterministic=deterministic,
                             name="encoder")(x, positions, segment_ids)
     x = make_norm(cfg, "final_norm")(x)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from llmjax.models.config import ModelConfig
-from llmjax.models.embedding import Embed, absolute_positions, vocab_projection
+from llmjax.models.embedding import embed_inputs, vocab_projection
 from llmjax.models.norms import make_norm
 from llmjax.models.stack import Cache, TransformerStack
 from llmjax.sharding import axes
@@ -50,14 +50,7 @@ class DecoderOnly(nn.Module):
     """
     cfg = self.config
     positions, segment_ids = default_positions(tokens, positions, segment_ids)
-    embed = Embed(cfg.vocab_size, cfg.embed_dim, cfg.compute_dtype, cfg.weight_dtype,
-                  name="token_embed")
-    x = embed(tokens)  # [b, t, d]
-    pos = absolute_positions(cfg, positions, "position_embed")
-    if pos is not None:
-      x = x + pos
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = constrain(x, ACT)
+    x, embed = embed_inputs(cfg, tokens, positions, deterministic)
 
     x, cache = TransformerStack(cfg, cfg.num_layers, causal=True, deterministic=deterministic,
                                 name="decoder")(x, positions, segment_ids, cache)
