@@ -12,12 +12,14 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from llmjax.models.precision import PRECISIONS, policy_dtypes
+
 ARCHITECTURES = ("decoder", "encoder", "encoder_decoder")
 POSITIONS = ("learned", "sinusoidal", "rope", "t5_relative", "alibi")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu", "swiglu", "geglu")
 POOLINGS = ("first", "mean")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "offload")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -56,7 +58,9 @@ class ModelConfig:
     dropout_rate: dropout on attention output, MLP output and embeddings.
     dtype: compute dtype; param_dtype: storage dtype of parameters.
     scan_layers: run blocks under nn.scan (fast compile) instead of a Python loop.
-    remat_policy: 'none', 'full', 'dots' or 'dots_no_batch' (jax.checkpoint policies).
+    remat_policy: what the backward pass recomputes: 'none' (save every activation), 'full'
+      (save only block inputs), 'dots' (save matmul outputs), 'dots_no_batch' (save only
+      weight matmuls), 'offload' (as dots_no_batch, saved to host memory; GPU/TPU only).
     attention_impl: passed to jax.nn.dot_product_attention (None lets GPUs pick cuDNN).
     num_classes: encoder only: a pooled classification head with this many classes replaces
       the masked-LM head.
@@ -79,8 +83,9 @@ class ModelConfig:
   tie_embeddings: bool = True
   use_bias: bool = False
   dropout_rate: float = 0.0
-  dtype: str = "float32"
-  param_dtype: str = "float32"
+  precision: str = "auto"
+  dtype: str | None = None
+  param_dtype: str | None = None
   scan_layers: bool = True
   remat_policy: str = "none"
   attention_impl: str | None = None
@@ -102,8 +107,11 @@ class ModelConfig:
     _choice("norm", self.norm, NORMS)
     _choice("mlp", self.mlp, MLPS)
     _choice("remat_policy", self.remat_policy, REMAT_POLICIES)
-    _choice("dtype", self.dtype, DTYPES)
-    _choice("param_dtype", self.param_dtype, DTYPES)
+    _choice("precision", self.precision, PRECISIONS)
+    if self.dtype is not None:
+      _choice("dtype", self.dtype, DTYPES)
+    if self.param_dtype is not None:
+      _choice("param_dtype", self.param_dtype, DTYPES)
     if self.kv_heads <= 0 or self.num_heads % self.kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}: "
@@ -165,11 +173,13 @@ class ModelConfig:
 
   @property
   def compute_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
+    """The dtype matmuls and activations use (dtype, else the precision policy's)."""
+    return jnp.dtype(self.dtype or policy_dtypes(self.precision)[1])
 
   @property
   def weight_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
+    """The dtype parameters are stored in (param_dtype, else the precision policy's)."""
+    return jnp.dtype(self.param_dtype or policy_dtypes(self.precision)[0])
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

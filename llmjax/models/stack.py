@@ -30,7 +30,22 @@ REMAT_POLICIES: dict[str, Callable | None] = {
     "full": None,  # Save nothing: recompute the whole block in the backward pass.
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    # Weight-matmul outputs go to pinned host memory and come back for the backward pass.
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
 }
+# Backends with a pinned host memory space that remat can offload to.
+OFFLOAD_PLATFORMS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def check_remat_supported(config: ModelConfig, platform: str | None = None) -> None:
+  """Raises ValueError if `config.remat_policy` cannot run on `platform` (default backend)."""
+  if config.remat_policy != "offload":
+    return
+  platform = (platform or jax.default_backend()).lower()
+  if platform not in OFFLOAD_PLATFORMS:
+    raise ValueError(
+        f"ModelConfig.remat_policy='offload' saves activations to pinned host memory, which "
+        f"the {platform!r} backend does not have: use 'dots_no_batch' or 'full' there.")
 
 
 def block_class(config: ModelConfig) -> type[nn.Module]:

@@ -69,7 +69,8 @@ def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, opta
   """Returns (optimizer, schedule) for `cfg`; the schedule also feeds the metrics."""
   schedule = make_schedule(cfg)
   adamw = optax.adamw(learning_rate=schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                      weight_decay=cfg.weight_decay, mask=decay_mask)
+                      weight_decay=cfg.weight_decay, mask=decay_mask,
+                      mu_dtype=jnp.float32)  # fp32 moments even if params are low precision.
   if cfg.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw), schedule
   return adamw, schedule
