@@ -123,7 +123,9 @@ class Attention(nn.Module):
     q = jnp.einsum("btd,dhk->bthk", x, wq)
     if biases is not None:
       q = q + biases[0]
-    kv_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_KV_HEADS, axes.ACT_HEAD_DIM)
+    # Keys and values span the whole length: under sequence parallelism every query shard
+    # attends to all of them, so they are gathered here (act_kv_length is never split).
+    kv_axes = (axes.ACT_BATCH, axes.ACT_KV_LENGTH, axes.ACT_KV_HEADS, axes.ACT_HEAD_DIM)
     new_cache = None
     if self.cross and cache is not None:
       key, value = cache["k"], cache["v"]  # Precomputed once from the encoder output.

@@ -21,7 +21,8 @@ POOLED = "pooled"  # hidden width of an output head (MLM transform, classifier p
 
 # Activations.
 ACT_BATCH = "act_batch"
-ACT_LENGTH = "act_length"
+ACT_LENGTH = "act_length"  # queries and the residual stream: split by sequence parallelism
+ACT_KV_LENGTH = "act_kv_length"  # keys/values attended to: whole on every device of `sequence`
 ACT_EMBED = "act_embed"
 ACT_MLP = "act_mlp"
 ACT_HEADS = "act_heads"
@@ -38,13 +39,18 @@ CACHE_HEAD_DIM = "cache_kv"
 
 PARAM_AXES = (EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS, NORM, POSITION,
               RELPOS_BUCKETS, CLASSES, POOLED)
-ACTIVATION_AXES = (ACT_BATCH, ACT_LENGTH, ACT_EMBED, ACT_MLP, ACT_HEADS, ACT_KV_HEADS,
-                   ACT_HEAD_DIM, ACT_VOCAB)
+ACTIVATION_AXES = (ACT_BATCH, ACT_LENGTH, ACT_KV_LENGTH, ACT_EMBED, ACT_MLP, ACT_HEADS,
+                   ACT_KV_HEADS, ACT_HEAD_DIM, ACT_VOCAB)
 CACHE_AXES = (CACHE_LAYERS, CACHE_BATCH, CACHE_LENGTH, CACHE_KV_HEADS, CACHE_HEAD_DIM)
 ALL_AXES = PARAM_AXES + ACTIVATION_AXES + CACHE_AXES
 
-# Mesh axes.
+# Mesh axes, outermost first: `tensor` is innermost because its collectives run every layer on
+# activations and want the fastest links (devices adjacent in the mesh share a host/NVLink).
 DATA = "data"
 FSDP = "fsdp"
+SEQUENCE = "sequence"  # sequence/context parallelism: activations split along their length
 TENSOR = "tensor"
-MESH_AXES = (DATA, FSDP, TENSOR)
+MESH_AXES = (DATA, FSDP, SEQUENCE, TENSOR)
+# Mesh axes some rule set splits parameters over: more than one device on one of them and a
+# large fully replicated parameter is a layout mistake (report.check_replicated).
+PARAM_MESH_AXES = (FSDP, SEQUENCE, TENSOR)

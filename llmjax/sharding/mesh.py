@@ -1,8 +1,13 @@
 """Device meshes from `{axis: size}` dictionaries, and the `MeshConfig` a run is built from.
 
-The mesh always has the axes `data`, `fsdp`, `tensor` in that order (axes left out have size
-1) with `Auto` axis types, so GSPMD propagates shardings from `with_sharding_constraint`s and
-jit shardings (the default `Explicit` axes of `jax.make_mesh` would reject that style).
+The mesh always has the axes `data`, `fsdp`, `sequence`, `tensor` in that order (axes left out
+have size 1) with `Auto` axis types, so GSPMD propagates shardings from
+`with_sharding_constraint`s and jit shardings (the default `Explicit` axes of `jax.make_mesh`
+would reject that style).
+
+Shape dictionaries (`MeshConfig.shape`, `resolve_shape`, `parse_mesh_flag`) always list `data`,
+`fsdp` and `tensor`, and list `sequence` only when it is not 1: shapes written before the
+sequence axis existed (saved configs, gin files) stay equal to the ones built now.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ class MeshConfig:
   """How a run lays out its devices.
 
   Attributes:
-    shape: mesh axis sizes keyed by `data`, `fsdp`, `tensor`; missing axes are 1 and one axis
-      may be -1 to take all remaining devices.
+    shape: mesh axis sizes keyed by `data`, `fsdp`, `sequence`, `tensor`; missing axes are 1
+      and one axis may be -1 to take all remaining devices.
     rules: name of a rule set in `llmjax.sharding.rules.RULE_SETS`.
   """
 
@@ -34,7 +39,8 @@ class MeshConfig:
   rules: str = "fsdp"
 
   def __post_init__(self):
-    # Normalize to a plain dict with all three axes, so configs compare and serialize simply.
+    # Normalize to a plain dict (see the module docstring), so configs compare and serialize
+    # simply.
     object.__setattr__(self, "shape", _full_shape(self.shape))
     if self.rules not in RULE_SETS:
       raise ValueError(
@@ -46,6 +52,8 @@ def _full_shape(shape: Mapping[str, int]) -> dict[str, int]:
   if unknown:
     raise ValueError(f"Unknown mesh axes {unknown}; the mesh axes are {axes.MESH_AXES}.")
   full = {name: int(shape.get(name, 1)) for name in axes.MESH_AXES}
+  if full[axes.SEQUENCE] == 1:
+    del full[axes.SEQUENCE]  # Listed only when used (see the module docstring).
   if sum(size == -1 for size in full.values()) > 1:
     raise ValueError(f"At most one mesh axis may be -1, got {full}.")
   bad = {k: v for k, v in full.items() if v == 0 or v < -1}
@@ -83,7 +91,7 @@ def resolve_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
-  """A mesh with axes (data, fsdp, tensor) and Auto axis types.
+  """A mesh with axes (data, fsdp, sequence, tensor) and Auto axis types.
 
   Args:
     shape: `{axis: size}`; missing axes are 1, one size may be -1.
@@ -97,5 +105,25 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[Any] | None = None) ->
   """
   devices = list(jax.devices() if devices is None else devices)
   sizes = resolve_shape(shape, len(devices))
-  return jax.make_mesh(tuple(sizes[name] for name in axes.MESH_AXES), axes.MESH_AXES,
+  return jax.make_mesh(tuple(sizes.get(name, 1) for name in axes.MESH_AXES), axes.MESH_AXES,
                        axis_types=(AxisType.Auto,) * len(axes.MESH_AXES), devices=devices)
+
+
+def parse_mesh_flag(text: str) -> dict[str, int]:
+  """`'data:8,fsdp:4,tensor:2'` -> `{'data': 8, 'fsdp': 4, 'tensor': 2}` (missing axes 1).
+
+  Raises:
+    ValueError: malformed entries, unknown axis names or non-positive sizes.
+  """
+  shape: dict[str, int] = {}
+  for entry in filter(None, (e.strip() for e in text.split(","))):
+    name, sep, size = entry.partition(":")
+    if not sep or not size.strip().lstrip("-").isdigit():
+      raise ValueError(f"--mesh entry {entry!r} is not AXIS:SIZE; write e.g. "
+                       "--mesh=data:8,fsdp:4,tensor:2.")
+    if name.strip() in shape:
+      raise ValueError(f"--mesh names axis {name.strip()!r} twice.")
+    shape[name.strip()] = int(size)
+  if not shape:
+    raise ValueError("--mesh is empty; write e.g. --mesh=data:8,fsdp:4,tensor:2.")
+  return _full_shape(shape)

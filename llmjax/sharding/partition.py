@@ -6,11 +6,14 @@ rule set, and `init_sharded` runs the init under `jax.jit(out_shardings=...)`.
 
 A dimension whose size is not divisible by the mesh axes a rule assigns it is left replicated
 (GQA kv heads on a wide tensor axis, a batch of 1 while decoding, ...): jit rejects uneven
-shardings of inputs and outputs, and a replicated small dimension costs little.
+shardings of inputs and outputs, and a replicated small dimension costs little. A replicated
+large one costs a lot: `explain_spec` says which dimensions were dropped, and
+`report.check_replicated` turns that into a warning with the fix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,26 +28,75 @@ from llmjax.sharding import axes
 LogicalAxes = Sequence[str | None]
 
 
-def _axis_size(mesh_shape: Mapping[str, int], mesh_axes: Any) -> int:
+@dataclasses.dataclass(frozen=True)
+class UnevenDim:
+  """A dimension a rule set splits over mesh axes that do not divide it, so it stays whole.
+
+  Attributes:
+    index: which dimension of the array.
+    logical: its logical axis name.
+    size: its size.
+    mesh_axes: the mesh axes the rule set assigns it.
+    ways: how many devices those axes span (`size % ways != 0`).
+  """
+
+  index: int
+  logical: str
+  size: int
+  mesh_axes: tuple[str, ...]
+  ways: int
+
+
+def _present(mesh_axes: Any, mesh_shape: Mapping[str, int]) -> Any:
+  """`mesh_axes` without the axes this mesh lacks (a mesh built without `sequence`, say)."""
   if mesh_axes is None:
-    return 1
+    return None
   names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
-  return math.prod(mesh_shape[name] for name in names)
+  kept = tuple(name for name in names if name in mesh_shape)
+  if kept == names:
+    return mesh_axes
+  return None if not kept else kept[0] if len(kept) == 1 else kept
+
+
+def _axis_names(mesh_axes: Any) -> tuple[str, ...]:
+  if mesh_axes is None:
+    return ()
+  return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+
+
+def explain_spec(shape: Sequence[int], logical_axes: LogicalAxes, rules: Any,
+                 mesh_shape: Mapping[str, int]) -> tuple[PartitionSpec, list[UnevenDim]]:
+  """`mesh_spec`, plus the dimensions it left replicated because they were uneven.
+
+  Args:
+    shape: the array's shape.
+    logical_axes: one logical name (or None) per dimension.
+    rules: a logical axis rule set.
+    mesh_shape: `{mesh axis: size}`; mesh axes a rule names but the mesh lacks are ignored.
+
+  Returns:
+    (PartitionSpec, the uneven dimensions).
+  """
+  if len(logical_axes) != len(shape):
+    raise ValueError(f"Logical axes {tuple(logical_axes)} do not match an array of shape "
+                     f"{tuple(shape)}.")
+  spec = nn.logical_to_mesh_axes(logical_axes, rules)
+  entries, uneven = [], []
+  for index, (size, mesh_axes) in enumerate(zip(shape, spec, strict=True)):
+    mesh_axes = _present(mesh_axes, mesh_shape)
+    ways = math.prod(mesh_shape[name] for name in _axis_names(mesh_axes))
+    if mesh_axes is not None and size % ways:
+      uneven.append(UnevenDim(index, logical_axes[index], int(size), _axis_names(mesh_axes),
+                              ways))
+      mesh_axes = None  # Uneven: keep this dimension replicated.
+    entries.append(mesh_axes)
+  return PartitionSpec(*entries), uneven
 
 
 def mesh_spec(shape: Sequence[int], logical_axes: LogicalAxes, rules: Any,
               mesh_shape: Mapping[str, int]) -> PartitionSpec:
   """PartitionSpec of an array of `shape` named `logical_axes`, dropping uneven dimensions."""
-  if len(logical_axes) != len(shape):
-    raise ValueError(f"Logical axes {tuple(logical_axes)} do not match an array of shape "
-                     f"{tuple(shape)}.")
-  spec = nn.logical_to_mesh_axes(logical_axes, rules)
-  entries = []
-  for size, mesh_axes in zip(shape, spec, strict=True):
-    if mesh_axes is not None and size % _axis_size(mesh_shape, mesh_axes):
-      mesh_axes = None  # Uneven: keep this dimension replicated.
-    entries.append(mesh_axes)
-  return PartitionSpec(*entries)
+  return explain_spec(shape, logical_axes, rules, mesh_shape)[0]
 
 
 def constrain(x: jax.Array, logical_axes: LogicalAxes) -> jax.Array:

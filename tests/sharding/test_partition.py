@@ -14,6 +14,7 @@ from llmjax.models.interface import LanguageModel
 from llmjax.sharding import axes, partition
 from llmjax.sharding.mesh import make_mesh
 from llmjax.sharding.rules import get_rules
+from tests.sharding.sharded_reference import loss_and_grads, packed_batch
 
 # 8 heads, 2 kv heads: kv heads cannot split over a tensor axis of 4 and must stay replicated.
 CONFIG = ModelConfig(vocab_size=64, num_layers=2, num_heads=8, num_kv_heads=2, embed_dim=32,
@@ -41,25 +42,10 @@ def lm():
 def reference(lm):
   """Params, batch, and the unsharded loss, logits and grads."""
   params = lm.init(jax.random.PRNGKey(0))
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(1, 64, (8, 17)).astype(np.int32)
-  segment_ids = np.ones((8, 16), np.int32)
-  segment_ids[::2, 10:] = 2
-  segment_ids[1::3, 13:] = 0
-  positions = np.where(segment_ids == 2, np.arange(16) - 10, np.arange(16)).astype(np.int32)
-  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": segment_ids,
-           "positions": positions, "weights": (segment_ids > 0).astype(np.float32)}
-  out = jax.jit(_loss_and_grads(lm))(params, batch)
+  batch = packed_batch()
+  out = jax.jit(loss_and_grads(lm))(params, batch)
   return params, batch, jax.device_get(out)
 
-
-def _loss_and_grads(lm):
-  def fn(params, batch):
-    def loss(p):
-      value, aux = lm.loss_fn(p, batch, None, z_loss=1e-3, deterministic=True)
-      return value, (aux, lm.apply(p, batch)[0])
-    return jax.value_and_grad(loss, has_aux=True)(params)
-  return fn
 
 
 @pytest.mark.parametrize("rules_name,mesh_name", GRID)
@@ -70,7 +56,7 @@ def test_sharded_matches_unsharded(lm, reference, rules_name, mesh_name):
   sharded_params = jax.device_put(params, shardings)
   sharded_batch = jax.device_put(batch, partition.data_sharding(mesh))
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
-    fn = jax.jit(_loss_and_grads(lm), out_shardings=((None, None), shardings))
+    fn = jax.jit(loss_and_grads(lm), out_shardings=((None, None), shardings))
     (s_loss, (s_aux, s_logits)), s_grads = fn(sharded_params, sharded_batch)
   np.testing.assert_allclose(s_loss, loss, rtol=1e-5)
   np.testing.assert_allclose(s_aux["accuracy"], aux["accuracy"])
@@ -132,3 +118,21 @@ def test_constrain_is_noop_without_mesh_and_drops_uneven_dims():
   unboxed = nn.unbox(lm_abstract := LanguageModel(CONFIG).abstract_init())
   assert jax.tree.structure(unboxed) == jax.tree.structure(
       partition.logical_shardings(lm_abstract, mesh, rules))
+
+
+def test_explain_spec_reports_uneven_dims_and_ignores_absent_mesh_axes():
+  rules = get_rules("sp_tp")
+  spec, uneven = partition.explain_spec((50257, 64), (axes.VOCAB, axes.EMBED), rules,
+                                        {"data": 1, "fsdp": 2, "sequence": 2, "tensor": 4})
+  assert spec == P(None, ("fsdp", "sequence"))
+  assert uneven == [partition.UnevenDim(0, axes.VOCAB, 50257, ("tensor",), 4)]
+  # 12 is split by fsdp=2 alone but not by fsdp x sequence = 8: the whole tuple is dropped.
+  spec, uneven = partition.explain_spec((12,), (axes.EMBED,), rules,
+                                        {"fsdp": 2, "sequence": 4, "tensor": 1})
+  assert spec == P(None) and uneven[0].ways == 8
+  # A mesh built without a sequence axis (e.g. by hand): rules naming it still work.
+  assert partition.mesh_spec((8, 64), (axes.EMBED, axes.VOCAB), rules,
+                             {"data": 1, "fsdp": 2, "tensor": 2}) == P("fsdp", "tensor")
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:4]).reshape(2, 2), ("fsdp", "tensor"))
+  sharding = partition.logical_shardings(LanguageModel(CONFIG).abstract_init(), mesh, rules)
+  assert sharding["token_embed"]["embedding"].spec == P("tensor", "fsdp")
