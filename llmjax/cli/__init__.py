@@ -12,6 +12,8 @@ _USAGE = """usage: llmjax <command> [flags]
 commands:
   train       train (or resume) a model:  llmjax train --gin_file=F --workdir=DIR [--gin.NAME=VALUE]
   sample      print completions:          llmjax sample --workdir=DIR --prompt=TEXT
+  plan        will it fit? (no hardware): llmjax plan --gin_file=F --mesh=fsdp:8 --device=h100
+  shardings   every parameter's layout:   llmjax shardings --gin_file=F --mesh=fsdp:4,tensor:2
   tokenizer   tokenizer tools:            llmjax tokenizer train --text_files=GLOB --output=DIR
 
 Run `llmjax <command> --help` for the flags of one command.
@@ -32,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
   if command == "sample":
     from llmjax.cli import sample
     return sample.main(rest)
+  if command == "plan":
+    from llmjax.cli import plan
+    return plan.main(rest)
+  if command == "shardings":
+    from llmjax.cli import shardings
+    return shardings.main(rest)
   if command == "tokenizer":
     from llmjax.cli import tokenizer
     return tokenizer.main(rest)
