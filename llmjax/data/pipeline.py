@@ -14,17 +14,16 @@ returns an infinite Grain iterator of numpy batches in the objective's batch for
   [b, t]; inputs, targets, segment_ids, positions int32 [b, td]; weights float32 [b, td]
   (td = decoder_seq_len or t).
 
-Every process builds the same *global* batch sequence and keeps its own rows (batch_size //
-process_count of them), so the data order does not depend on the number of hosts and the
-iterator state is the same on all of them (saving it from one process is enough). The price
-is that each host tokenizes the whole global batch: the pipeline runs at about a million
-tokens per second per host on one CPU core, far above what a host's accelerators consume in
-the runs this framework targets.
+A global training batch is assembled from `DataConfig.shards` independent streams of the
+records (sharded_iterator.py); each process builds only the streams that cover its rows, so
+with one stream per process each host reads and tokenizes only its share of the data, and a
+fixed number of streams gives the same batch sequence on any number of hosts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from llmjax.data import examples_file, featurize, tfds_text
+from llmjax.data import examples_file, featurize, sharded_iterator, tfds_text
 from llmjax.data import tokenizer as tokenizer_lib
 from llmjax.data.featurize import FILE_OBJECTIVES, OBJECTIVES, document_text, required_vocab_size
 
@@ -72,6 +71,10 @@ class DataConfig:
       of the training examples by a seeded hash of each line).
     text_field / label_field: classification fields; input_field / target_field: seq2seq's.
     num_classes: classification labels are in [0, num_classes).
+    shards: independent data streams a global batch is assembled from (it must divide the
+      batch size); each host reads only its streams. None = one per process (or, on resume,
+      what the checkpoint was written with). Fix it (e.g. to the most hosts you will use) to
+      get the same batches on any number of hosts.
   """
   text_files: str | tuple[str, ...] | None = None
   tfds_name: str | None = None
@@ -100,6 +103,7 @@ class DataConfig:
   input_field: str = "input"
   target_field: str = "target"
   num_classes: int | None = None
+  shards: int | None = None
 
   def __post_init__(self):
     if isinstance(self.text_files, list | tuple):  # gin gives lists; keep the config hashable.
@@ -120,6 +124,9 @@ class DataConfig:
                        "(>= 300), or use tokenizer='byte'.")
     if not 0.0 <= self.eval_fraction < 1.0:
       raise ValueError(f"DataConfig.eval_fraction={self.eval_fraction} must be in [0, 1).")
+    if self.shards is not None and self.shards <= 0:
+      raise ValueError(f"DataConfig.shards={self.shards} must be positive (or None: one per "
+                       "process).")
     if self.max_train_text_mb <= 0:
       raise ValueError(f"DataConfig.max_train_text_mb={self.max_train_text_mb} must be > 0.")
     self._check_objective()
@@ -199,8 +206,13 @@ def prepare_dataset(data_cfg: DataConfig,
   else:
     files = tfds_text.resolve_files(data_cfg.text_files)
   data_dir = data_dir or data_cfg.cache_dir or default_cache_dir()
-  builder, stats = tfds_text.prepare_local_text(files, data_dir,
-                                                eval_fraction=data_cfg.eval_fraction)
+  os.makedirs(data_dir, exist_ok=True)
+  # Processes of one run (or several runs) sharing a cache prepare it one at a time: the
+  # first prepares, the others find it ready.
+  with open(os.path.join(data_dir, ".prepare.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder, stats = tfds_text.prepare_local_text(files, data_dir,
+                                                  eval_fraction=data_cfg.eval_fraction)
   valid = (builder.as_data_source(split="validation")
            if stats["num_validation_files"] else None)
   return builder.as_data_source(split="train"), valid, stats
@@ -274,7 +286,8 @@ def make_train_iterator(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batc
                         seq_len: int, seed: int | None = None, process_index: int | None = None,
                         process_count: int | None = None, data_dir: str | None = None,
                         read_threads: int = 0, model_vocab_size: int | None = None,
-                        data_cfg: DataConfig | None = None) -> grain.DatasetIterator:
+                        data_cfg: DataConfig | None = None, shards: int = 1,
+                        row_range: tuple[int, int] | None = None) -> Any:
   """An infinite iterator of this process's rows of each global training batch.
 
   Args:
@@ -291,49 +304,67 @@ def make_train_iterator(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batc
     model_vocab_size: the model's vocab size; required for span_corruption (its sentinels are
       the top ids), checked against required_vocab_size when given.
     data_cfg: the objective settings when source is not a DataConfig (default: causal LM).
+    shards: independent data streams the global batch is made of (sharded_iterator.py); a
+      process builds only the streams covering its rows.
+    row_range: (first row, rows) of the global batch to keep, overriding process_index/count
+      (the trainer derives it from the batch sharding).
 
   Returns:
-    A grain.DatasetIterator of dicts of numpy arrays in the objective's batch format (see the
-    module docstring); get_state() is JSON-serializable and set_state() resumes the exact
-    batch sequence.
+    An iterator of dicts of numpy arrays in the objective's batch format (see the module
+    docstring) whose get_state() is JSON-serializable and set_state() resumes the exact batch
+    sequence: a Grain DatasetIterator for shards=1, else a ShardedBatchIterator.
   """
   cfg = _objective_cfg(source, data_cfg)
   seed = cfg.seed if seed is None else seed
-  feat = featurize.Featurizer(cfg, tokenizer, seq_len=seq_len, seed=seed,
-                              model_vocab_size=model_vocab_size)
-  first, rows = _process_rows(batch_size, process_index, process_count)
+  first, rows = row_range or _process_rows(batch_size, process_index, process_count)
+  parts = sharded_iterator.stream_slices(batch_size, shards, first, rows)
   src = _resolve(source, data_dir, "train")
   if src is None or len(src) == 0:
     raise ValueError("the training split is empty.")
-  ds = grain.MapDataset.source(src)
-  if cfg.shuffle:
-    ds = ds.shuffle(seed=seed)
-  # repeat reseeds the shuffle each epoch; the index after repeat counts across epochs, so the
-  # masking rng of every example is fixed by (seed, index) and resumes exactly.
-  ds = ds.repeat(None).map_with_index(feat.example)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                               prefetch_buffer_size=max(read_threads, 1) * 4))
-  it_ds = feat.rows(it_ds).batch(batch_size, drop_remainder=True)
-  if (first, rows) != (0, batch_size):
-    it_ds = it_ds.map(lambda b: {k: v[first:first + rows] for k, v in b.items()})
-  return it_ds.__iter__()
+  if len(src) < shards:
+    raise ValueError(f"the training split has {len(src)} records, fewer "
+                     f"than the {shards} data streams (DataConfig.shards).")
+
+  def stream(k: int) -> grain.DatasetIterator:
+    k_seed = sharded_iterator.stream_seed(seed, k)
+    feat = featurize.Featurizer(cfg, tokenizer, seq_len=seq_len, seed=k_seed,
+                                model_vocab_size=model_vocab_size)
+    ds = grain.MapDataset.source(src)
+    if shards > 1:
+      ds = ds[k::shards]  # Records are dealt round-robin: a host reads only its streams.
+    if cfg.shuffle:
+      ds = ds.shuffle(seed=k_seed)
+    # repeat reseeds the shuffle each epoch; the index after repeat counts across epochs, so
+    # the masking rng of every example is fixed by (seed, index) and resumes exactly.
+    ds = ds.repeat(None).map_with_index(feat.example)
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                 prefetch_buffer_size=max(read_threads, 1) * 4))
+    it_ds = feat.rows(it_ds).batch(batch_size // shards, drop_remainder=True)
+    if shards == 1 and (first, rows) != (0, batch_size):
+      it_ds = it_ds.map(lambda b: {k: v[first:first + rows] for k, v in b.items()})
+    return it_ds.__iter__()
+
+  if shards == 1:
+    return stream(0)  # The plain Grain iterator (and state format) of a single stream.
+  return sharded_iterator.ShardedBatchIterator(shards, stream, parts)
 
 
 def make_eval_batches(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batch_size: int,
                       seq_len: int, num_batches: int, process_index: int | None = None,
                       process_count: int | None = None, data_dir: str | None = None,
-                      model_vocab_size: int | None = None, data_cfg: DataConfig | None = None
-                      ) -> list[dict[str, np.ndarray]]:
+                      model_vocab_size: int | None = None, data_cfg: DataConfig | None = None,
+                      row_range: tuple[int, int] | None = None) -> list[dict[str, np.ndarray]]:
   """The first num_batches batches of the held-out data, in a fixed order (no shuffle).
 
   Fewer batches are returned if the data runs out; the last one is padded with all-padding
   rows (weights 0). With a DataConfig whose data has no evaluation split: an empty list.
-  Arguments are as in make_train_iterator (masking uses the DataConfig's seed).
+  Arguments are as in make_train_iterator (masking uses the DataConfig's seed). Every process
+  builds the whole (small, fixed) evaluation set and keeps its rows.
   """
   cfg = _objective_cfg(source, data_cfg)
   feat = featurize.Featurizer(cfg, tokenizer, seq_len=seq_len, seed=cfg.seed,
                               model_vocab_size=model_vocab_size)
-  first, rows = _process_rows(batch_size, process_index, process_count)
+  first, rows = row_range or _process_rows(batch_size, process_index, process_count)
   src = _resolve(source, data_dir, "validation")
   if src is None or len(src) == 0 or num_batches <= 0:
     return []

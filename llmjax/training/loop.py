@@ -19,20 +19,23 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from llmjax.data import pipeline
 from llmjax.data import tokenizer as tokenizer_lib
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
+from llmjax.models.stack import check_remat_supported
 from llmjax.sharding import mesh as mesh_lib
 from llmjax.sharding import partition
+from llmjax.sharding import report as sharding_report
 from llmjax.sharding import rules as rules_lib
 from llmjax.training import checkpoint as ckpt_lib
+from llmjax.training import host_data, warm_start
 from llmjax.training import metrics as metrics_lib
 from llmjax.training import state as state_lib
 from llmjax.training import step as step_lib
-from llmjax.training import warm_start
 from llmjax.training.config import TrainConfig
 from llmjax.training.optimizer import make_optimizer
 
@@ -75,13 +78,25 @@ def check_resume_compatible(workdir: str, new: dict) -> None:
     return
   with open(path, encoding="utf-8") as f:
     old = json.load(f)
-  bad = [d for d in config_diff(old, new) if d[0] not in RESUMABLE_CHANGES]
+  bad = [d for d in config_diff(old, new) if d[0] not in RESUMABLE_CHANGES
+         and not _added_at_default(d, new)]
   if bad:
     lines = "\n".join(f"  {name}: {a!r} -> {b!r}" for name, a, b in bad)
     raise ValueError(
         f"{workdir} holds a run with a different configuration; refusing to resume it:\n"
         f"{lines}\nUse a new --workdir, or revert these fields. (Fields that may change on "
         f"resume: {', '.join(sorted(RESUMABLE_CHANGES))}.)")
+
+
+def _added_at_default(diff: tuple[str, Any, Any], new: dict) -> bool:
+  """A field newer than the saved run, at its default value, changes nothing."""
+  name, old_value, new_value = diff
+  if old_value != "<missing>":
+    return False
+  section, field = name.split(".", 1)
+  cls = {"model": ModelConfig, "train": TrainConfig, "data": pipeline.DataConfig}.get(section)
+  defaults = {f.name: f.default for f in dataclasses.fields(cls)} if cls else {}
+  return field in defaults and defaults[field] == new_value
 
 
 def check_vocab(model: ModelConfig, vocab_size: int) -> None:
@@ -135,6 +150,12 @@ def validate(model: ModelConfig, train: TrainConfig, mesh: jax.sharding.Mesh,
     if decoder_len is not None and decoder_len > model.max_seq_len:
       raise ValueError(f"DataConfig.decoder_seq_len={decoder_len} exceeds ModelConfig."
                        f"max_seq_len={model.max_seq_len}: lower it or raise max_seq_len.")
+  check_remat_supported(model)
+  sequence = dict(mesh.shape).get("sequence", 1)
+  if train.seq_len % sequence:
+    raise ValueError(f"TrainConfig.seq_len={train.seq_len} is not divisible by the mesh's "
+                     f"sequence axis ({sequence}): sequence parallelism splits every sequence "
+                     f"into {sequence} equal pieces; pick seq_len as a multiple of {sequence}.")
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if train.microbatch_size % shards:
     raise ValueError(
@@ -143,7 +164,13 @@ def validate(model: ModelConfig, train: TrainConfig, mesh: jax.sharding.Mesh,
         f"{train.microbatches}): make batch_size / microbatches a multiple of {shards}.")
   if train.batch_size % jax.process_count():
     raise ValueError(f"TrainConfig.batch_size={train.batch_size} must be divisible by the "
-                     f"number of processes ({jax.process_count()}).")
+                     f"number of processes ({jax.process_count()}): each process feeds an "
+                     "equal share of the batch.")
+  streams = getattr(data, "shards", None) if data is not None else None
+  if streams is not None and train.batch_size % streams:
+    raise ValueError(f"TrainConfig.batch_size={train.batch_size} is not divisible by "
+                     f"DataConfig.shards={streams}: each data stream fills batch_size / shards "
+                     "rows.")
 
 
 def _write_run_files(workdir: str, record: dict, operative_config: str | None,
@@ -164,11 +191,6 @@ def _write_text(path: str, text: str) -> None:
   with open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(tmp, path)  # Atomic: a killed write never leaves half a file.
-
-
-def _to_global(batch: dict, sharding: jax.sharding.NamedSharding) -> dict:
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
 
 
 def _evaluate(eval_step, params, eval_batches: list[dict]) -> dict[str, float]:
@@ -208,30 +230,35 @@ def train(*, model: ModelConfig, data: Any, train: TrainConfig, mesh: Any, workd
   validate(model, train, device_mesh, data)
   train_source, _, _ = pipeline.prepare_dataset(data)
   tokenizer = _load_or_build_tokenizer(data, workdir, train_source)
-  check_vocab(model, pipeline.required_vocab_size(data, tokenizer))
+  if tokenizer is not None:  # Process 0 (other processes load it once it is written).
+    check_vocab(model, pipeline.required_vocab_size(data, tokenizer))
   lm = LanguageModel(model)
   resuming = ckpt_lib.latest_step(workdir) is not None
   if train.init_from and not resuming:  # Shapes checked before anything is written.
     warm_start.check_compatible(train.init_from, jax.eval_shape(lm.init, jax.random.PRNGKey(0)),
                                 train.init_from_step)
   _write_run_files(workdir, record, operative_config, tokenizer)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("llmjax: run files written")
+    if tokenizer is None:
+      tokenizer = tokenizer_lib.load_tokenizer(os.path.join(workdir, "tokenizer"))
+      check_vocab(model, pipeline.required_vocab_size(data, tokenizer))
 
   optimizer, schedule = make_optimizer(train)
   boxed_init = lambda rng: lm.init_boxed(rng, batch_size=1, seq_len=train.seq_len)
   abstract_state, shardings = state_lib.state_shardings(boxed_init, optimizer, device_mesh, rules)
+  if jax.process_index() == 0:
+    for warning in sharding_report.layout_warnings(
+        jax.eval_shape(boxed_init, jax.random.PRNGKey(0)), device_mesh, rules):
+      print(f"llmjax: warning: {warning}", file=sys.stderr)
   data_sharding = partition.data_sharding(device_mesh)
+  row_range = host_data.process_row_range(data_sharding, train.batch_size)
 
-  # Given the DataConfig (not the source) so it applies shuffle/seed/text_feature; the
-  # prepared dataset is cached, so this does not prepare it again.
-  train_iter = pipeline.make_train_iterator(
-      data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
-      model_vocab_size=model.vocab_size)
   ckpt = ckpt_lib.Checkpointer(workdir, keep=train.keep_checkpoints,
                                async_save=train.async_checkpointing)
+  iter_state = None
   if ckpt.latest_step() is not None:
     state, iter_state = ckpt.restore(abstract_state)
-    if iter_state is not None:
-      train_iter.set_state(iter_state)
   else:
     state, _ = state_lib.create_train_state(boxed_init, optimizer, train.seed, device_mesh, rules)
     if train.init_from:
@@ -241,6 +268,14 @@ def train(*, model: ModelConfig, data: Any, train: TrainConfig, mesh: Any, workd
       state = state.replace(params=params)
       if jax.process_index() == 0:
         print(f"llmjax: {report.summary()}", file=sys.stderr)
+  streams = _data_streams(data, iter_state)
+  # Given the DataConfig (not the source) so it applies shuffle/seed/text_feature; the
+  # prepared dataset is cached, so this does not prepare it again.
+  train_iter = pipeline.make_train_iterator(
+      data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
+      model_vocab_size=model.vocab_size, shards=streams, row_range=row_range)
+  if iter_state is not None:
+    train_iter.set_state(iter_state)
   start = int(jax.device_get(state.step))
 
   writer = metrics_lib.MetricsWriter(workdir)
@@ -248,12 +283,14 @@ def train(*, model: ModelConfig, data: Any, train: TrainConfig, mesh: Any, workd
   final: dict[str, Any] = {"step": start}
   try:
     if start >= train.train_steps:
-      print(f"llmjax: {workdir} is already at step {start} >= train_steps={train.train_steps}; "
+      if jax.process_index() == 0:
+        print(f"llmjax: {workdir} is already at step {start} >= train_steps={train.train_steps}; "
             "raise TrainConfig.train_steps to continue.", file=sys.stderr)
       return final
     final = _run_loop(lm=lm, train=train, data=data, tokenizer=tokenizer, mesh=device_mesh,
                       rules=rules, state=state, abstract_state=abstract_state,
-                      shardings=shardings, data_sharding=data_sharding, optimizer=optimizer,
+                      shardings=shardings, data_sharding=data_sharding, row_range=row_range,
+                      optimizer=optimizer,
                       schedule=schedule, train_iter=train_iter, ckpt=ckpt, writer=writer,
                       start=start)
   finally:
@@ -265,16 +302,30 @@ def train(*, model: ModelConfig, data: Any, train: TrainConfig, mesh: Any, workd
 def _load_or_build_tokenizer(data: Any, workdir: str, train_source: Any) -> Any:
   """The workdir's tokenizer on resume (never retrained), else the one the data config says.
 
-  A new tokenizer is not saved here: the run files are written only after validation.
+  A new tokenizer is not saved here: the run files are written only after validation. In a
+  multi-process run only process 0 builds it (None elsewhere); the others load what it saves.
   """
   saved = os.path.join(workdir, "tokenizer")
   if os.path.exists(os.path.join(saved, tokenizer_lib.CONFIG_FILE)):
     return tokenizer_lib.load_tokenizer(saved)
+  if jax.process_index() != 0:
+    return None
   return pipeline.get_or_train_tokenizer(data, train_source, tokenizer_dir=None)
 
 
+def _data_streams(data: Any, iter_state: Any) -> int:
+  """Data streams of the global batch: the config's, else the checkpoint's, else 1 per process."""
+  saved = host_data.saved_shards(iter_state)
+  streams = getattr(data, "shards", None) or saved or jax.process_count()
+  if saved is not None and saved != streams:
+    raise ValueError(f"the checkpoint's data iterator has {saved} streams but DataConfig.shards="
+                     f"{streams}: resume with DataConfig.shards={saved} (or None).")
+  return streams
+
+
 def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state, shardings,
-              data_sharding, optimizer, schedule, train_iter, ckpt, writer, start) -> dict:
+              data_sharding, row_range, optimizer, schedule, train_iter, ckpt, writer,
+              start) -> dict:
   first = next(train_iter)  # Its shapes/dtypes (with the global batch size) define the step.
   abstract_batch = {k: jax.ShapeDtypeStruct((train.batch_size,) + np.shape(v)[1:],
                                             np.asarray(v).dtype) for k, v in first.items()}
@@ -283,9 +334,11 @@ def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state,
       data_sharding, schedule)
   eval_batches, eval_step = [], None
   if train.eval_batches > 0:
-    eval_batches = [_to_global(b, data_sharding) for b in pipeline.make_eval_batches(
-        data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
-        num_batches=train.eval_batches, model_vocab_size=lm.config.vocab_size)]
+    eval_batches = [host_data.to_global(b, data_sharding, train.batch_size)
+                    for b in pipeline.make_eval_batches(
+                        data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
+                        num_batches=train.eval_batches, model_vocab_size=lm.config.vocab_size,
+                        row_range=row_range)]
     if eval_batches:
       eval_step = step_lib.compile_eval_step(lm, mesh, rules, shardings.params,
                                              abstract_state.params, abstract_batch,
@@ -308,7 +361,8 @@ def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state,
   for step in range(start, train.train_steps):
     if step > start:
       batch = next(train_iter)
-    state, metrics = train_step(state, _to_global(batch, data_sharding))
+    state, metrics = train_step(state, host_data.to_global(batch, data_sharding,
+                                                           train.batch_size))
     pending.append(metrics)
     done = step + 1
     last = done == train.train_steps
@@ -337,7 +391,7 @@ def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state,
     if done % train.checkpoint_every == 0 or last:
       jax.block_until_ready(metrics)
       pause_start = time.perf_counter()
-      ckpt.save(done, state, train_iter.get_state())
+      ckpt.save(done, state, host_data.global_iterator_state(train_iter.get_state()))
       paused += time.perf_counter() - pause_start
   bar.close()
   final["step"] = int(jax.device_get(state.step))
