@@ -85,3 +85,35 @@ def test_process_zero_refuses_a_port_in_use():
     s.listen()
     with pytest.raises(ConnectionError, match="pick a free port"):
       distributed.check_port_free(f"127.0.0.1:{s.getsockname()[1]}")
+
+
+def test_batch_not_divisible_by_processes_is_refused_before_compiling(monkeypatch):
+  import jax
+
+  from llmjax.models.config import ModelConfig
+  from llmjax.sharding.mesh import make_mesh
+  from llmjax.training.config import TrainConfig
+  from llmjax.training.loop import validate
+
+  model = ModelConfig(vocab_size=64, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32,
+                      max_seq_len=16)
+  train = TrainConfig(batch_size=8, seq_len=16, train_steps=10, warmup_steps=1)
+  mesh = make_mesh({"data": 8})
+  validate(model, train, mesh)  # One process: fine.
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  with pytest.raises(ValueError, match=r"batch_size=8 must be divisible by the number of "
+                     r"processes \(3\)"):
+    validate(model, train, mesh)
+
+
+def test_seq_len_not_divisible_by_the_sequence_axis_is_refused():
+  from llmjax.models.config import ModelConfig
+  from llmjax.sharding.mesh import make_mesh
+  from llmjax.training.config import TrainConfig
+  from llmjax.training.loop import validate
+
+  model = ModelConfig(vocab_size=64, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32,
+                      max_seq_len=16)
+  train = TrainConfig(batch_size=8, seq_len=10, train_steps=10, warmup_steps=1)
+  with pytest.raises(ValueError, match="pick seq_len as a multiple of 4"):
+    validate(model, train, make_mesh({"data": 2, "sequence": 4}))
