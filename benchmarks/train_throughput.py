@@ -35,6 +35,13 @@ from llmjax.training import step as step_lib  # noqa: E402
 from llmjax.training.loop import validate  # noqa: E402
 from llmjax.training.optimizer import make_optimizer  # noqa: E402
 
+# PyTorch peers on the 2-core CPU machine of issue 5 (nanoGPT-style training, fp32), keyed by
+# (layers, heads, width, context, batch): tokens/s. `ratio_to_pytorch` compares against them.
+PYTORCH_ANCHORS = {
+    (6, 6, 384, 256, 64): 1450.0,  # models/gpt_baby.gin
+    (4, 4, 128, 64, 12): 17000.0,  # models/gpt_cpu_small.gin
+}
+
 
 def _rows(rng: np.random.Generator, batch: int, length: int, vocab: int) -> dict:
   tokens = rng.integers(3, vocab, size=(batch, length + 1), dtype=np.int32)
@@ -114,11 +121,15 @@ def main(argv: list[str]) -> dict:
   flops_per_token = float(lm.flops_per_token(train_cfg.seq_len, decoder_len))
   peak = metrics_lib.device_peak_flops()
   median = statistics.median(rates)
+  anchor = PYTORCH_ANCHORS.get((model_cfg.num_layers, model_cfg.num_heads, model_cfg.embed_dim,
+                                train_cfg.seq_len, train_cfg.batch_size))
   return {
       "benchmark": "train_throughput",
       "gin_files": args.gin_file,
       "bindings": bindings,
       "architecture": model_cfg.architecture,
+      "model_config": json.loads(model_cfg.to_json()),
+      "compute_dtype": str(model_cfg.compute_dtype),
       "tokens_per_sec": median,
       "tokens_per_sec_min": min(rates),
       "tokens_per_sec_max": max(rates),
@@ -128,6 +139,8 @@ def main(argv: list[str]) -> dict:
       "flops_per_token": flops_per_token,
       "peak_flops_per_device": peak,
       "peak_source": "table" if jax.devices()[0].platform != "cpu" else "measured fp32 matmul",
+      "pytorch_anchor_tokens_per_sec": anchor,
+      "ratio_to_pytorch": median / anchor if anchor else None,
       "num_params": lm.num_params(),
       "batch_size": train_cfg.batch_size,
       "seq_len": train_cfg.seq_len,

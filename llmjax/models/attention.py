@@ -1,6 +1,6 @@
 """Attention: self- and cross-attention, multi-head, grouped-query (GQA) and multi-query (MQA).
 
-Projections are einsums over explicitly named kernels (q: [d, h, k], k/v: [d, g, k],
+Projections are matmuls (linear.py) over explicitly named kernels (q: [d, h, k], k/v: [d, g, k],
 out: [h, k, d]); the attention itself is `jax.nn.dot_product_attention` in [b, t, h, k]
 layout, which handles g < h natively, takes position biases (T5, ALiBi) through its `bias`
 argument and lets GPUs pick cuDNN flash attention.
@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from llmjax.models.config import ModelConfig
+from llmjax.models.linear import linear
 from llmjax.models.position import apply_rope
 from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
@@ -64,6 +65,47 @@ def write_cache(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.A
   """Scatters new [b, t, g, k] into cache [b, s, g, k] at slots positions[b, t]."""
   rows = jnp.broadcast_to(jnp.arange(new.shape[0])[:, None], positions.shape)
   return cache.at[rows, positions].set(new.astype(cache.dtype), mode="drop")
+
+
+def einsum_attention(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None,
+                     mask: jax.Array) -> jax.Array:
+  """Softmax attention as two einsums, grouped by kv head; the math of
+  `jax.nn.dot_product_attention` (scale 1/sqrt(k), softmax in float32).
+
+  On CPU this runs the backward pass about twice as fast as jax's XLA implementation, whose
+  [b, t, h, k] -> [b, h, t, k] transposes and reductions dominate at small widths
+  (benchmarks/NOTES.md). q: [b, t, h, k]; key/value: [b, s, g, k]; bias/mask broadcastable to
+  [b, h, t, s]. Returns [b, t, h, k].
+  """
+  b, t, h, k = q.shape
+  g = key.shape[2]
+  r = h // g
+
+  def grouped(x: jax.Array) -> jax.Array:  # [B, h or 1, t, s] -> [B, g or 1, r or 1, t, s]
+    if x.shape[1] == 1:
+      return x[:, :, None]
+    return x.reshape(x.shape[0], g, r, *x.shape[2:])
+
+  q = (q * jnp.asarray(k ** -0.5, q.dtype)).reshape(b, t, g, r, k)
+  scores = jnp.einsum("btgrk,bsgk->bgrts", q, key, preferred_element_type=jnp.float32)
+  if bias is not None:
+    scores = scores + grouped(bias).astype(jnp.float32)
+  scores = jnp.where(grouped(mask), scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+  return jnp.einsum("bgrts,bsgk->btgrk", probs, value).reshape(b, t, h, k)
+
+
+def attend(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None,
+           mask: jax.Array, implementation: str | None = None) -> jax.Array:
+  """[b, t, h, k] attention output: `einsum_attention` when `implementation` is 'einsum' (or
+  None on CPU), else `jax.nn.dot_product_attention` with that implementation (None lets GPUs
+  pick cuDNN's fused kernel; biases go through its `bias` argument, so they keep it)."""
+  if implementation == "einsum" or (implementation is None and jax.default_backend() == "cpu"):
+    return einsum_attention(q, key, value, bias, mask)
+  if bias is not None:
+    bias = bias.astype(q.dtype)
+  return jax.nn.dot_product_attention(q, key, value, bias=bias, mask=mask,
+                                      implementation=implementation)
 
 
 class Attention(nn.Module):
@@ -120,7 +162,7 @@ class Attention(nn.Module):
                 self._bias("key_bias", (g, k), (axes.KV_HEADS, axes.HEAD_DIM)),
                 self._bias("value_bias", (g, k), (axes.KV_HEADS, axes.HEAD_DIM)))
 
-    q = jnp.einsum("btd,dhk->bthk", x, wq)
+    q = linear(x, wq)
     if biases is not None:
       q = q + biases[0]
     # Keys and values span the whole length: under sequence parallelism every query shard
@@ -135,8 +177,8 @@ class Attention(nn.Module):
       if source is None:
         raise ValueError("cross-attention needs the encoder output (kv_input) or a cache made "
                          "by encode_for_decoding.")
-      key = jnp.einsum("btd,dgk->btgk", source, wk)
-      value = jnp.einsum("btd,dgk->btgk", source, wv)
+      key = linear(source, wk)
+      value = linear(source, wv)
       if biases is not None:
         key, value = key + biases[1], value + biases[2]
     if cfg.position == "rope" and not self.cross:
@@ -149,12 +191,9 @@ class Attention(nn.Module):
       key, value = new_cache["k"], new_cache["v"]  # [b, s, g, k]
     key, value = constrain(key, kv_axes), constrain(value, kv_axes)
 
-    if bias is not None:
-      bias = bias.astype(q.dtype)
-    out = jax.nn.dot_product_attention(q, key.astype(q.dtype), value.astype(q.dtype), bias=bias,
-                                       mask=mask, implementation=cfg.attention_impl)
+    out = attend(q, key.astype(q.dtype), value.astype(q.dtype), bias, mask, cfg.attention_impl)
     out = constrain(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_HEAD_DIM))
-    y = jnp.einsum("bthk,hkd->btd", out, wo)
+    y = linear(out, wo, 2)
     if cfg.use_bias:
       y = y + self._bias("out_bias", (d,), (axes.EMBED,))
     return constrain(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)), new_cache

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 
 from llmjax.models.attention import Attention, LayerCache
+from llmjax.models.barriers import materialize_grad
 from llmjax.models.config import ModelConfig
 from llmjax.models.mlp import Mlp
 from llmjax.models.norms import make_norm
@@ -51,6 +52,7 @@ class Block(nn.Module):
       cross_mask: [b, 1, t or 1, s] cross-attention mask (cross).
     """
     cfg = self.config
+    x = materialize_grad(x)
     dropout = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
     self_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
     y, self_cache = Attention(cfg, name="attention")(

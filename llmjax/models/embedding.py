@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmjax.models.linear import linear
 from llmjax.models.position import LearnedPositions, sinusoidal_embedding
 from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
@@ -39,7 +40,7 @@ class Embed(nn.Module):
 
   def attend(self, x: jax.Array) -> jax.Array:
     """[b, t, d] -> [b, t, v] logits (x @ table.T)."""
-    return jnp.einsum("btd,vd->btv", x, self.embedding.astype(self.dtype))
+    return linear(x, self.embedding.astype(self.dtype).T)
 
 
 def vocab_projection(module: nn.Module, config: Any, x: jax.Array, embed: Embed, *,
@@ -56,7 +57,7 @@ def vocab_projection(module: nn.Module, config: Any, x: jax.Array, embed: Embed,
             nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
             (axes.EMBED, axes.VOCAB)),
         (config.embed_dim, config.vocab_size), config.weight_dtype)
-    logits = jnp.einsum("btd,dv->btv", x, kernel.astype(config.compute_dtype))
+    logits = linear(x, kernel.astype(config.compute_dtype))
   if bias:
     value = module.param("output_bias",
                          nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB,)),

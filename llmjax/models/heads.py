@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from llmjax.models.config import ModelConfig
+from llmjax.models.linear import linear
 from llmjax.models.norms import make_norm, norm_num_params
 from llmjax.sharding import axes
 
@@ -18,7 +19,7 @@ def _dense(module: nn.Module, name: str, x: jax.Array, shape: tuple[int, int],
   cfg = module.config
   kernel = module.param(name, nn.with_logical_partitioning(_INIT, names), shape,
                         cfg.weight_dtype)
-  y = jnp.einsum("...i,io->...o", x, kernel.astype(cfg.compute_dtype))
+  y = linear(x, kernel.astype(cfg.compute_dtype))
   if use_bias:
     bias = module.param(f"{name}_bias",
                         nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),

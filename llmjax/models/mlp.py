@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from llmjax.models.config import ModelConfig
+from llmjax.models.linear import linear
 from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
 
@@ -26,7 +26,7 @@ class Mlp(nn.Module):
     cfg = self.config
     kernel = self.param(name, nn.with_logical_partitioning(_INIT, names), shape,
                         cfg.weight_dtype)
-    y = jnp.einsum("...i,io->...o", x, kernel.astype(cfg.compute_dtype))
+    y = linear(x, kernel.astype(cfg.compute_dtype))
     if cfg.use_bias:
       bias = self.param(f"{name}_bias",
                         nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),

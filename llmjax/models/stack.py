@@ -121,6 +121,7 @@ class TransformerStack(nn.Module):
           in_axes=(0,) + (nn.broadcast,) * 5,
           length=self.num_layers,
           metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+          unroll=min(cfg.scan_unroll, self.num_layers),
       )
       return scanned(cfg, self.deterministic, self.cross, name="layers")(
           x, cache, positions, mask, bias, encoded, cross_mask)

@@ -5,13 +5,20 @@ The model enters only through
 writes each token's keys/values at its own position and lets a query at position p see cache
 slots <= p of its row. Decoding is then:
 
-1. prefill: the whole right-padded prompt [b, P] in one call (positions arange(P)); each row's
-   first new token comes from the logits at its own last prompt token (prompt_lengths - 1).
-   Pad tokens past a row's end write cache slots the row's later tokens overwrite before any
-   query can see them.
-2. a `lax.while_loop` feeding one token per row at position = that row's current length, so rows
-   with different prompt lengths decode in lockstep, each writing at its own slot. A row stops
-   at EOS (it then emits pad); the loop stops when every row is done or after max_new_tokens.
+1. prefill: the whole right-padded prompt [b, P] in one call (positions arange(P)), kept only
+   for the cache it writes: its logits are unused, so XLA drops the [b, P, v] vocabulary
+   projection (most of a prefill's work at GPT-2 vocabularies) and whatever else feeds only
+   them. Pad tokens past a row's end write cache slots the row's later tokens overwrite before
+   any query can see them.
+2. a `lax.while_loop` feeding one token per row at position = that row's current length - 1,
+   so rows with different prompt lengths decode in lockstep, each writing at its own slot. Its
+   first step re-feeds each row's last prompt token (prompt_lengths - 1): that rewrites the
+   slot the prefill wrote with the same keys/values and yields the first new token's logits
+   from a [b, 1, v] projection. A row stops at EOS (it then emits pad); the loop stops when
+   every row is done or after max_new_tokens steps. The last sampled token is never fed.
+
+So logits_fn must tolerate a token being written again at the slot it already holds (any
+cache indexed by position does).
 
 Everything here is traceable: `decode` can be wrapped in `jax.jit` with `logits_fn`,
 `max_new_tokens`, `strategy`, `eos_id` and `pad_id` static. `generate` validates first (shapes,
@@ -54,7 +61,7 @@ class DecodeOutput(NamedTuple):
 
 class _LoopState(NamedTuple):
   step: jax.Array  # index of the token to sample next
-  logits: jax.Array  # [b, v] logits for that token
+  fed: jax.Array  # [b] the token fed this step (the last prompt token, then the last sampled)
   cache: Any
   tokens: jax.Array  # [b, n] output so far
   done: jax.Array  # [b] bool: row has emitted EOS
@@ -141,43 +148,43 @@ def decode(logits_fn: LogitsFn, params: Any, prompt_tokens: jax.Array,
   prompt_tokens = prompt_tokens.astype(jnp.int32)
   prompt_lengths = prompt_lengths.astype(jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(padded_len, dtype=jnp.int32), (batch, padded_len))
-  logits, cache = logits_fn(params, prompt_tokens, positions, cache)  # [b, P, v]
-  last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]  # [b, v]
+  # Only the cache (and the logits' static shape) is kept: the [b, P, v] logits are dead code
+  # XLA removes.
+  prefill_logits, cache = logits_fn(params, prompt_tokens, positions, cache)
+  last_prompt = jnp.take_along_axis(prompt_tokens, (prompt_lengths - 1)[:, None], axis=1)[:, 0]
   keys = jax.random.split(rng, max_new_tokens)
 
-  def sample(state: _LoopState) -> _LoopState:
-    token = strategy(state.logits.astype(jnp.float32), keys[state.step]).astype(jnp.int32)
+  def cond(state: _LoopState) -> jax.Array:
+    return (state.step < max_new_tokens) & ~jnp.all(state.done)
+
+  def body(state: _LoopState) -> _LoopState:
+    # Feed the row's newest token at its slot (step 0: the last prompt token, rewriting what
+    # the prefill wrote there), then sample the next token from its logits.
+    position = (prompt_lengths - 1 + state.step)[:, None]  # [b, 1]
+    logits, cache = logits_fn(params, state.fed[:, None], position, state.cache)
+    logits = logits[:, -1].astype(jnp.float32)  # [b, v]
+    token = strategy(logits, keys[state.step]).astype(jnp.int32)
     token = jnp.where(state.done, pad_id, token)  # [b]
     tokens = jax.lax.dynamic_update_slice(state.tokens, token[:, None], (0, state.step))
     lengths = state.lengths + (~state.done).astype(jnp.int32)
     done = state.done if eos_id is None else state.done | (token == eos_id)
     all_logits = state.all_logits
     if return_logits:
-      step_logits = jnp.where(state.done[:, None], 0.0, state.logits.astype(jnp.float32))
+      step_logits = jnp.where(state.done[:, None], 0.0, logits)
       all_logits = jax.lax.dynamic_update_slice(
           all_logits, step_logits[:, None], (0, state.step, 0))
-    return state._replace(step=state.step + 1, tokens=tokens, done=done, lengths=lengths,
-                          all_logits=all_logits)
+    return _LoopState(step=state.step + 1, fed=token, cache=cache, tokens=tokens, done=done,
+                      lengths=lengths, all_logits=all_logits)
 
-  def cond(state: _LoopState) -> jax.Array:
-    return (state.step < max_new_tokens) & ~jnp.all(state.done)
-
-  def body(state: _LoopState) -> _LoopState:
-    # Feed the token sampled last step at the row's current length, then sample the next one.
-    previous = jax.lax.dynamic_slice_in_dim(state.tokens, state.step - 1, 1, axis=1)  # [b, 1]
-    position = (prompt_lengths + state.step - 1)[:, None]  # [b, 1]
-    logits, cache = logits_fn(params, previous, position, state.cache)
-    return sample(state._replace(logits=logits[:, -1], cache=cache))
-
+  all_logits = None
+  if return_logits:
+    all_logits = jnp.zeros((batch, max_new_tokens, prefill_logits.shape[-1]), jnp.float32)
   state = _LoopState(
-      step=jnp.zeros((), jnp.int32), logits=last, cache=cache,
+      step=jnp.zeros((), jnp.int32), fed=last_prompt, cache=cache,
       tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
       done=jnp.zeros((batch,), bool), lengths=jnp.zeros((batch,), jnp.int32),
-      all_logits=(jnp.zeros((batch, max_new_tokens, last.shape[-1]), jnp.float32)
-                  if return_logits else None))
-  # The first token comes from the prefill logits; the loop makes the other max_new_tokens - 1,
-  # so the last sampled token is never fed (no wasted forward, no write past the budget).
-  state = jax.lax.while_loop(cond, body, sample(state))
+      all_logits=all_logits)
+  state = jax.lax.while_loop(cond, body, state)
   return DecodeOutput(tokens=state.tokens, lengths=state.lengths, logits=state.all_logits)
 
 

@@ -47,7 +47,8 @@ RESUMABLE_CHANGES = frozenset({
     "train.train_steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpointing",
     "train.microbatches",  # Same math up to float reassociation; a memory knob.
-    "model.remat_policy", "model.attention_impl",  # Same math, different memory/kernels.
+    # Same math, different memory use or kernels:
+    "model.remat_policy", "model.attention_impl", "model.scan_unroll",
     "mesh.shape", "mesh.rules",  # Checkpoints restore onto any mesh.
     "data.cache_dir", "data.tfds_data_dir",  # Where the same data lives.
 })

@@ -1,19 +1,27 @@
 """Attention against a NumPy oracle: MHA, GQA, MQA with causal + packed-segment masks."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llmjax.models.attention import Attention, make_cache_mask, make_segment_mask, write_cache
+from llmjax.models.attention import (
+  Attention,
+  attend,
+  make_cache_mask,
+  make_segment_mask,
+  write_cache,
+)
 from llmjax.models.config import ModelConfig
 
 
-def _config(kv_heads, position="learned", use_bias=False):
+def _config(kv_heads, position="learned", use_bias=False, attention_impl=None):
   return ModelConfig(vocab_size=64, num_layers=1, num_heads=4, num_kv_heads=kv_heads,
                      embed_dim=16, mlp_dim=32, max_seq_len=16, position=position,
-                     use_bias=use_bias)
+                     use_bias=use_bias, attention_impl=attention_impl)
 
 
 def _rope_np(x, positions, theta):
@@ -65,13 +73,14 @@ def _positions(segment_ids):
   return pos
 
 
+@pytest.mark.parametrize("impl", ["einsum", "xla"])
 @pytest.mark.parametrize("kv_heads,position,use_bias", [
     (4, "learned", True),  # MHA
     (2, "rope", False),  # GQA
     (1, "rope", True),  # MQA
 ])
-def test_attention_matches_numpy_oracle(kv_heads, position, use_bias):
-  config = _config(kv_heads, position, use_bias)
+def test_attention_matches_numpy_oracle(kv_heads, position, use_bias, impl):
+  config = _config(kv_heads, position, use_bias, attention_impl=impl)
   segment_ids = PACKED_SEGMENTS
   positions = _positions(segment_ids)
   x = jax.random.normal(jax.random.PRNGKey(1), segment_ids.shape + (16,))
@@ -102,3 +111,28 @@ def test_write_cache_scatters_per_row():
   new = jnp.array([[1.0, 2.0], [3.0, 4.0]])[:, :, None, None]
   out = np.asarray(write_cache(cache, new, jnp.array([[0, 1], [3, 4]])))[..., 0, 0]
   np.testing.assert_array_equal(out, [[1, 2, 0, 0, 0], [0, 0, 0, 3, 4]])
+
+
+@pytest.mark.parametrize("kv_heads", [6, 2, 1])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_einsum_attention_equals_dot_product_attention_with_gradients(kv_heads, with_bias):
+  """llmjax's CPU attention and jax.nn.dot_product_attention: same outputs and gradients,
+  with GQA/MQA grouping, a per-head additive bias and a packed causal mask."""
+  b, t, h, k = 2, 8, 6, 4
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  q = jax.random.normal(keys[0], (b, t, h, k))
+  kv = jax.random.normal(keys[1], (2, b, t, kv_heads, k))
+  bias = jax.random.normal(keys[2], (1, h, t, t)) if with_bias else None
+  mask = make_segment_mask(jnp.asarray([[1] * 5 + [2] * 3, [1] * 8]))
+
+  def loss(impl, q, key, value):
+    out = attend(q, key, value, bias, mask, impl)
+    return jnp.sum(out * jnp.arange(out.size, dtype=out.dtype).reshape(out.shape) / out.size)
+
+  for argnums in (0, 1, 2):
+    ref = jax.grad(functools.partial(loss, "xla"), argnums)(q, kv[0], kv[1])
+    got = jax.grad(functools.partial(loss, "einsum"), argnums)(q, kv[0], kv[1])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(attend(q, kv[0], kv[1], bias, mask, "einsum")),
+                             np.asarray(attend(q, kv[0], kv[1], bias, mask, "xla")),
+                             atol=1e-5, rtol=1e-5)

@@ -94,8 +94,8 @@ def test_each_row_stops_at_its_own_eos_and_then_pads():
     assert int(out.lengths[i]) == len(e)
 
 
-@pytest.mark.parametrize("n, eos_id, expected_calls", [(1, None, 1), (7, None, 7), (7, 3, 3)])
-def test_forward_passes_stop_with_the_last_row(n, eos_id, expected_calls):
+@pytest.mark.parametrize("n, eos_id, expected_tokens", [(1, None, 1), (7, None, 7), (7, 3, 2)])
+def test_forward_passes_stop_with_the_last_row(n, eos_id, expected_tokens):
   calls = []
 
   def counting_fn(params, t, p, c):
@@ -107,9 +107,11 @@ def test_forward_passes_stop_with_the_last_row(n, eos_id, expected_calls):
                           jax.random.key(0), max_new_tokens=n, eos_id=eos_id)
   jax.block_until_ready(out)
   jax.effects_barrier()
-  # One prefill plus one step per further token; the last sampled token is never fed.
-  assert len(calls) == expected_calls
-  np.testing.assert_array_equal(out.lengths, [expected_calls] * 2)
+  # One prefill (cache only) plus one step per sampled token: step 1 re-feeds the last prompt
+  # token and samples id 2 (= calls so far); the last sampled token is never fed.
+  assert len(calls) == 1 + expected_tokens
+  np.testing.assert_array_equal(out.lengths, [expected_tokens] * 2)
+  np.testing.assert_array_equal(out.tokens[0, :expected_tokens], 2 + np.arange(expected_tokens))
 
 
 def test_prefill_is_one_call_and_decode_feeds_one_token_per_row():
@@ -123,6 +125,24 @@ def test_prefill_is_one_call_and_decode_feeds_one_token_per_row():
   decoding.decode(recording_fn, PARAMS, tokens, lengths, toy_cache(4, 32), jax.random.key(0),
                   max_new_tokens=5)
   assert shapes == [(4, 6), (4, 1)]
+
+
+def test_prefill_computes_no_vocabulary_logits():
+  """The prefill is kept for its cache only: no [b, P, v] logits survive in the program."""
+  from llmjax.models.config import ModelConfig
+  from llmjax.models.interface import LanguageModel
+
+  config = ModelConfig(vocab_size=96, num_layers=2, num_heads=2, embed_dim=32, mlp_dim=64,
+                       max_seq_len=32)
+  model = LanguageModel(config)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  cache = jax.eval_shape(lambda: model.init_cache(3, 16))
+  hlo = decoding._decode_jit.lower(
+      model.logits_fn, params, jax.ShapeDtypeStruct((3, 8), jnp.int32),
+      jax.ShapeDtypeStruct((3,), jnp.int32), cache, jax.random.key(0), max_new_tokens=4,
+      strategy=GREEDY, eos_id=None, pad_id=PAD, return_logits=False).compile().as_text()
+  assert "f32[3,96]" in hlo  # The per-step logits exist...
+  assert "f32[3,8,96]" not in hlo  # ...the prompt's do not.
 
 
 def _calls_in_logits(params, tokens, positions, cache):

@@ -29,6 +29,25 @@ def test_greedy_is_argmax():
   assert tokens.dtype == jnp.int32 and tokens.shape == (8,)
 
 
+def test_greedy_argmax_equals_jnp_argmax_on_ties_infs_and_nans():
+  inf, nan = np.inf, np.nan
+  logits = np.array([
+      [1.0, 3.0, 3.0, -2.0, 3.0],  # Ties: the lowest index.
+      [-inf, -inf, -inf, -inf, -inf],  # All masked: index 0.
+      [0.0, -inf, 2.0, inf, inf],
+      [1.0, nan, 5.0, nan, 0.0],  # A NaN counts as the maximum, as in jnp.argmax.
+      [-1e30, -1e30, -3e30, -1e30, -5.0],
+  ], np.float32)
+  expected = np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1))
+  np.testing.assert_array_equal(expected, [1, 0, 3, 1, 4])
+  for fn in (strategies.greedy_argmax, jax.jit(strategies.greedy_argmax)):
+    tokens = fn(jnp.asarray(logits))
+    np.testing.assert_array_equal(tokens, expected)
+    assert tokens.dtype == jnp.int32
+  big = jax.random.normal(jax.random.key(3), (4, 50257), jnp.float32)
+  np.testing.assert_array_equal(strategies.greedy_argmax(big), jnp.argmax(big, axis=-1))
+
+
 @pytest.mark.parametrize("strategy", [
     TopK(1), TopK(1, temperature=5.0), TopP(1e-6), TopP(1e-6, temperature=3.0),
     Temperature(0.0), TopKTopP(0.0, 5, 0.5), TopKTopP(2.0, 1, 1.0), TopKTopP(1.0, 4, 1e-6),
