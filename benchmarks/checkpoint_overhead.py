@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -56,18 +55,10 @@ import orbax.checkpoint as ocp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run from a source checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_throughput, when imported.
 
-from train_throughput import synthetic_batch  # noqa: E402
+from train_throughput import build_trainer, run_info  # noqa: E402
 
 from llmjax.cli import gin_config  # noqa: E402
-from llmjax.models.interface import LanguageModel  # noqa: E402
-from llmjax.sharding import mesh as mesh_lib  # noqa: E402
-from llmjax.sharding import partition  # noqa: E402
-from llmjax.sharding import rules as rules_lib  # noqa: E402
 from llmjax.training import checkpoint as ckpt_lib  # noqa: E402
-from llmjax.training import state as state_lib  # noqa: E402
-from llmjax.training import step as step_lib  # noqa: E402
-from llmjax.training.loop import validate  # noqa: E402
-from llmjax.training.optimizer import make_optimizer  # noqa: E402
 
 DEFAULT_GIN_FILES = ["runs/benchmark.gin", "models/gpt_cpu_small.gin"]
 DEFAULT_BINDINGS = ["BATCH_SIZE = 12", "SEQ_LEN = 64"]
@@ -144,22 +135,10 @@ def main(argv: list[str]) -> dict:
     raise ValueError(f"--checkpoint_every={every} must be positive and at most --steps={steps} "
                      "(each timed window must hold at least one save).")
 
-  mesh = mesh_lib.make_mesh(mesh_cfg.shape)
-  rules = rules_lib.get_rules(mesh_cfg.rules)
-  validate(model_cfg, train_cfg, mesh, configs["data"])
-  lm = LanguageModel(model_cfg)
-  optimizer, schedule = make_optimizer(train_cfg)
-  boxed_init = lambda rng: lm.init_boxed(rng, batch_size=1, seq_len=train_cfg.seq_len)
-  abstract_state, shardings = state_lib.state_shardings(boxed_init, optimizer, mesh, rules)
-  state, _ = state_lib.create_train_state(boxed_init, optimizer, train_cfg.seed, mesh, rules)
-  batch_sharding = partition.data_sharding(mesh)
-  host_batch = synthetic_batch(np.random.default_rng(0), model_cfg, configs["data"],
-                               train_cfg.batch_size, train_cfg.seq_len)
-  batch = {k: jax.device_put(v, batch_sharding) for k, v in host_batch.items()}
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
-  train_step = step_lib.compile_train_step(lm, optimizer, train_cfg, mesh, rules, shardings,
-                                           abstract_state, abstract_batch, batch_sharding,
-                                           schedule)
+  bench = build_trainer(configs)
+  lm, state, train_step, batch, host_batch, mesh = (
+      bench.lm, bench.state, bench.step, bench.batch, bench.host_batch, bench.mesh)
+  abstract_state = bench.abstract_state
 
   workdir = args.workdir or tempfile.mkdtemp(prefix="llmjax_ckpt_bench_")
   ckpt = ckpt_lib.Checkpointer(workdir, keep=train_cfg.keep_checkpoints,
@@ -242,16 +221,8 @@ def main(argv: list[str]) -> dict:
       "keep_checkpoints": train_cfg.keep_checkpoints,
       "checkpoint_dir": "temporary, removed" if args.workdir is None else workdir,
       "step_time_s": step_time,
-      "num_params": lm.num_params(),
-      "batch_size": train_cfg.batch_size,
-      "seq_len": train_cfg.seq_len,
-      "mesh": dict(mesh.shape),
-      "rules": mesh_cfg.rules,
-      "device": jax.devices()[0].device_kind,
-      "num_devices": jax.device_count(),
-      "jax_version": jax.__version__,
+      **run_info(lm, train_cfg, mesh, mesh_cfg),
       "orbax_version": ocp.__version__,
-      "python": platform.python_version(),
   }
 
 

@@ -6,7 +6,8 @@
 
 The model comes from gin exactly as in `llmjax train` (random-init params, random prompt ids);
 decoding is the library's own compiled path, `llmjax.sampling.decoding.generate` (the loop the
-Sampler also runs), greedy with eos_id=None, so every row generates exactly new_tokens.
+Sampler also runs) over the model's `decoding_logits_fn` and `decoding_params` (unrolled layers,
+as the Sampler decodes), greedy with eos_id=None, so every row generates exactly new_tokens.
 
 Reported (the last line of stdout is one JSON object):
 - tokens_per_sec: batch * new_tokens / wall time of one whole `generate` call (prefill +
@@ -149,6 +150,7 @@ def main(argv: list[str], outputs: dict[str, Any] | None = None) -> dict[str, An
   prompt = jnp.asarray(rng.integers(0, model_cfg.vocab_size, (batch, prompt_len), np.int32))
   lengths = jnp.full((batch,), prompt_len, jnp.int32)
   key = jax.random.PRNGKey(args.seed)
+  decode_params = jax.block_until_ready(lm.decoding_params(params))
 
   def run(max_new_tokens: int,
           timer: CompileTimer | None = None) -> tuple[float, float, decoding.DecodeOutput]:
@@ -156,7 +158,8 @@ def main(argv: list[str], outputs: dict[str, Any] | None = None) -> dict[str, An
     cache = jax.block_until_ready(lm.init_cache(batch, prompt_len + max_new_tokens))
     with timer or CompileTimer():
       return _timed(lambda: decoding.generate(
-          lm.logits_fn, params, prompt, lengths, cache, key, max_new_tokens=max_new_tokens,
+          lm.decoding_logits_fn, decode_params, prompt, lengths, cache, key,
+          max_new_tokens=max_new_tokens,
           eos_id=None, max_seq_len=model_cfg.max_seq_len))
 
   # Time to first token after load: the first call, compile included.

@@ -12,12 +12,14 @@ is the trainer's own compiled, donated step. The last line of stdout is one JSON
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -69,6 +71,61 @@ def synthetic_batch(rng: np.random.Generator, model_cfg, data_cfg, batch: int,
   return rows
 
 
+def run_info(lm: LanguageModel, train_cfg, mesh, mesh_cfg) -> dict:
+  """The JSON fields every training benchmark reports about its run: shape, mesh, versions."""
+  return {
+      "num_params": lm.num_params(),
+      "batch_size": train_cfg.batch_size,
+      "seq_len": train_cfg.seq_len,
+      "mesh": dict(mesh.shape),
+      "rules": mesh_cfg.rules,
+      "device": jax.devices()[0].device_kind,
+      "num_devices": jax.device_count(),
+      "jax_version": jax.__version__,
+      "python": platform.python_version(),
+  }
+
+
+@dataclasses.dataclass
+class BenchTrainer:
+  """The trainer's own pieces for a gin config: model, sharded state, compiled step, one
+  synthetic batch (on device and on host)."""
+
+  lm: LanguageModel
+  state: Any
+  abstract_state: Any
+  step: Any
+  batch: dict
+  host_batch: dict
+  mesh: Any
+  compile_s: float
+
+
+def build_trainer(configs: dict) -> BenchTrainer:
+  """Validates the configs like `llmjax train`, creates the sharded train state and compiles
+  the trainer's donated step for one synthetic batch (compile seconds in `compile_s`)."""
+  model_cfg, train_cfg, mesh_cfg = configs["model"], configs["train"], configs["mesh"]
+  data_cfg = configs["data"]
+  mesh = mesh_lib.make_mesh(mesh_cfg.shape)
+  rules = rules_lib.get_rules(mesh_cfg.rules)
+  validate(model_cfg, train_cfg, mesh, data_cfg)
+  lm = LanguageModel(model_cfg)
+  optimizer, schedule = make_optimizer(train_cfg)
+  boxed_init = lambda rng: lm.init_boxed(rng, batch_size=1, seq_len=train_cfg.seq_len)
+  abstract_state, shardings = state_lib.state_shardings(boxed_init, optimizer, mesh, rules)
+  state, _ = state_lib.create_train_state(boxed_init, optimizer, train_cfg.seed, mesh, rules)
+  batch_sharding = partition.data_sharding(mesh)
+  host_batch = synthetic_batch(np.random.default_rng(0), model_cfg, data_cfg,
+                               train_cfg.batch_size, train_cfg.seq_len)
+  batch = {k: jax.device_put(v, batch_sharding) for k, v in host_batch.items()}
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+  start = time.perf_counter()
+  step = step_lib.compile_train_step(lm, optimizer, train_cfg, mesh, rules, shardings,
+                                     abstract_state, abstract_batch, batch_sharding, schedule)
+  return BenchTrainer(lm, state, abstract_state, step, batch, host_batch, mesh,
+                      time.perf_counter() - start)
+
+
 def main(argv: list[str]) -> dict:
   rest, bindings = gin_config.split_gin_flags(argv)
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -80,28 +137,11 @@ def main(argv: list[str]) -> dict:
   gin_config.parse(args.gin_file or ["runs/quickstart.gin"], bindings)
   configs = gin_config.build_all()
   model_cfg, train_cfg, mesh_cfg = configs["model"], configs["train"], configs["mesh"]
-  data_cfg = configs["data"]
 
-  mesh = mesh_lib.make_mesh(mesh_cfg.shape)
-  rules = rules_lib.get_rules(mesh_cfg.rules)
-  validate(model_cfg, train_cfg, mesh, data_cfg)
-  lm = LanguageModel(model_cfg)
-  optimizer, schedule = make_optimizer(train_cfg)
-  boxed_init = lambda rng: lm.init_boxed(rng, batch_size=1, seq_len=train_cfg.seq_len)
-  abstract_state, shardings = state_lib.state_shardings(boxed_init, optimizer, mesh, rules)
-  state, _ = state_lib.create_train_state(boxed_init, optimizer, train_cfg.seed, mesh, rules)
-  batch_sharding = partition.data_sharding(mesh)
-
-  rng = np.random.default_rng(0)
-  host_batch = synthetic_batch(rng, model_cfg, data_cfg, train_cfg.batch_size, train_cfg.seq_len)
-  batch = {k: jax.device_put(v, batch_sharding) for k, v in host_batch.items()}
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
-
-  start = time.perf_counter()
-  train_step = step_lib.compile_train_step(lm, optimizer, train_cfg, mesh, rules, shardings,
-                                           abstract_state, abstract_batch, batch_sharding,
-                                           schedule)
-  compile_s = time.perf_counter() - start
+  bench = build_trainer(configs)
+  lm, state, train_step, batch, host_batch, mesh = (
+      bench.lm, bench.state, bench.step, bench.batch, bench.host_batch, bench.mesh)
+  compile_s = bench.compile_s
   for _ in range(args.warmup):
     state, metrics = train_step(state, batch)
   jax.block_until_ready(metrics)
@@ -141,15 +181,7 @@ def main(argv: list[str]) -> dict:
       "peak_source": "table" if jax.devices()[0].platform != "cpu" else "measured fp32 matmul",
       "pytorch_anchor_tokens_per_sec": anchor,
       "ratio_to_pytorch": median / anchor if anchor else None,
-      "num_params": lm.num_params(),
-      "batch_size": train_cfg.batch_size,
-      "seq_len": train_cfg.seq_len,
-      "mesh": dict(mesh.shape),
-      "rules": mesh_cfg.rules,
-      "device": jax.devices()[0].device_kind,
-      "num_devices": jax.device_count(),
-      "jax_version": jax.__version__,
-      "python": platform.python_version(),
+      **run_info(lm, train_cfg, mesh, mesh_cfg),
       "final_loss": float(jax.device_get(metrics["loss"])),
   }
 

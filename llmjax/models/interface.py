@@ -18,6 +18,7 @@ Batch formats ([b, t] int32 unless said):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +48,21 @@ def batch_keys(config: ModelConfig) -> tuple[str, ...]:
   if config.is_classifier:
     return ("inputs", "segment_ids", "positions", "labels", "weights")
   return ("inputs", "targets", "weights", "segment_ids", "positions")
+
+
+def _unstack_layers(tree: Any) -> Any:
+  """Replaces every scanned stack's {"layers": [l, ...] leaves} by {"layers_<i>": ...}."""
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if key == "layers" and isinstance(value, Mapping):
+      depth = jax.tree.leaves(value)[0].shape[0]
+      for i in range(depth):
+        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], value)
+    else:
+      out[key] = _unstack_layers(value)
+  return out
 
 
 class LanguageModel:
@@ -196,6 +212,31 @@ class LanguageModel:
       raise ValueError("an encoder-only model does not generate text: score or fill masks "
                        "instead (llmjax sample --mode=fill_mask).")
     return self.apply(params, tokens, positions, cache=cache)
+
+  def decoding_params(self, params: Any) -> Any:
+    """`params` laid out for `decoding_logits_fn`: each scanned stack's [l, ...] layers split
+    into `layers_<i>` subtrees (the unrolled layout).
+
+    A decode loop that reads stacked weights slices (copies) every layer's weights out of them
+    at every step (XLA does not hoist the slices out of the while loop): 36% of a CPU decode
+    step of the GPT-baby shape (benchmarks/NOTES.md). Call it once, before the loop (inside
+    the same jit, it costs one copy of the weights per call). Unscanned params pass through.
+    """
+    if not self.config.scan_layers:
+      return params
+    return _unstack_layers(params)
+
+  def decoding_logits_fn(self, decoding_params: Any, tokens: jax.Array, positions: jax.Array,
+                         cache: Cache | None) -> tuple[jax.Array, Cache | None]:
+    """`logits_fn` over `decoding_params(params)`: the same logits, computed by the unrolled
+    twin of this model."""
+    if not self.config.scan_layers:
+      return self.logits_fn(decoding_params, tokens, positions, cache)
+    return self._unrolled.logits_fn(decoding_params, tokens, positions, cache)
+
+  @functools.cached_property
+  def _unrolled(self) -> LanguageModel:
+    return LanguageModel(self.config.replace(scan_layers=False))
 
   def init_cache(self, batch_size: int, max_len: int) -> Cache:
     """An all-zero self-attention cache {"k", "v"} [l, b, max_len, g, k] (compute dtype)."""

@@ -126,12 +126,12 @@ class TransformerStack(nn.Module):
       return scanned(cfg, self.deterministic, self.cross, name="layers")(
           x, cache, positions, mask, bias, encoded, cross_mask)
 
-    new_layers = []
     for i in range(self.num_layers):
       layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
       x, layer_cache = block(cfg, self.deterministic, self.cross, name=f"layers_{i}")(
           x, layer_cache, positions, mask, bias, encoded, cross_mask)
-      new_layers.append(layer_cache)
-    if cache is None:
-      return x, None
-    return x, jax.tree.map(lambda *cs: jnp.stack(cs), *new_layers)
+      if cache is not None:
+        # Written back slice by slice (in place in a decode loop), not re-stacked (a copy of
+        # the whole cache per step).
+        cache = jax.tree.map(lambda c, new, i=i: c.at[i].set(new), cache, layer_cache)
+    return x, cache

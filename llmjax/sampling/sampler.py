@@ -58,7 +58,8 @@ class Sampler:
 
   Args:
     model: a LanguageModel (llmjax/models/interface.py): `.config`, `logits_fn`, `init_cache`
-      and, for encoder_decoder, `encode_for_decoding`.
+      and, for encoder_decoder, `encode_for_decoding`; optionally `decoding_params` and
+      `decoding_logits_fn` (a faster parameter layout for the decode loop).
     params: its parameters.
     tokenizer: encode/decode/vocab_size/pad_id/bos_id/eos_id (llmjax/data/tokenizer.py).
     num_sentinels: encoder_decoder only: how many T5 sentinel ids (the top ids of the model
@@ -88,6 +89,9 @@ class Sampler:
                        f"{self.config.vocab_size} - tokenizer vocab {tokenizer.vocab_size}).")
     self.num_sentinels = num_sentinels
     self.num_compilations = 0  # Traces of the decode programs (tests check bucketing with it).
+    # A LanguageModel decodes over unrolled layers (decoding_params); other models as they are.
+    self._decoding_params = getattr(model, "decoding_params", lambda params: params)
+    self._model_logits_fn = getattr(model, "decoding_logits_fn", model.logits_fn)
     self._decode = jax.jit(self._decode_impl,
                            static_argnames=("max_new_tokens", "strategy", "cache_len"))
     self._beam = jax.jit(self._beam_impl, static_argnames=(
@@ -96,7 +100,8 @@ class Sampler:
   # Compiled programs.
   def _logits_fn(self, params: Any, tokens: jax.Array, positions: jax.Array,
                  cache: Any) -> tuple[jax.Array, Any]:
-    logits, cache = self.model.logits_fn(params, tokens, positions, cache)
+    # `params` are the model's decoding_params (unrolled layers; see the callers).
+    logits, cache = self._model_logits_fn(params, tokens, positions, cache)
     vocab, tok_vocab = logits.shape[-1], self.tokenizer.vocab_size
     if tok_vocab < vocab:
       # Ids past the tokenizer's vocabulary cannot be decoded (an embedding padded for speed,
@@ -120,7 +125,10 @@ class Sampler:
     self.num_compilations += 1  # Runs only while tracing.
     cache = self._make_cache(params, tokens.shape[0], cache_len, encoder_tokens,
                              encoder_segment_ids)
-    return decoding.decode(self._logits_fn, params, tokens, lengths, cache, rng,
+    # Unstacked once here, inside the program: the loop then reads each layer's weights in
+    # place instead of slicing them out of the stacked arrays at every step.
+    return decoding.decode(self._logits_fn, self._decoding_params(params), tokens, lengths,
+                           cache, rng,
                            max_new_tokens=max_new_tokens, strategy=strategy,
                            eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
 
@@ -130,7 +138,8 @@ class Sampler:
     # A cache for the prompt batch: beam_search prefills once per prompt, then expands it.
     cache = self._make_cache(params, tokens.shape[0], cache_len, encoder_tokens,
                              encoder_segment_ids)
-    return beam.beam_search(self._logits_fn, params, tokens, lengths, cache,
+    return beam.beam_search(self._logits_fn, self._decoding_params(params), tokens,
+                            lengths, cache,
                             num_beams=num_beams, max_new_tokens=max_new_tokens,
                             eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
                             length_penalty=length_penalty, num_return=num_return)

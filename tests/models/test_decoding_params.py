@@ -1,0 +1,44 @@
+"""decoding_params + decoding_logits_fn (unrolled layers) == logits_fn (scanned), with a cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llmjax.models.config import ModelConfig
+from llmjax.models.interface import LanguageModel
+
+
+@pytest.mark.parametrize("architecture,position", [
+    ("decoder", "rope"), ("decoder", "learned"), ("encoder_decoder", "t5_relative")])
+def test_unrolled_decoding_matches_scanned(architecture, position):
+  cfg = ModelConfig(vocab_size=50, num_layers=3, num_heads=4, num_kv_heads=2, embed_dim=32,
+                    mlp_dim=64, max_seq_len=16, position=position, architecture=architecture)
+  lm = LanguageModel(cfg)
+  params = lm.init(jax.random.PRNGKey(0), batch_size=1, seq_len=8)
+  dparams = lm.decoding_params(params)
+  stack = "decoder"
+  assert "layers" in params[stack] and "layers" not in dparams[stack]
+  assert sorted(k for k in dparams[stack] if k.startswith("layers_")) == [
+      "layers_0", "layers_1", "layers_2"]
+  np.testing.assert_array_equal(
+      np.asarray(jax.tree.leaves(dparams[stack]["layers_2"])[0]),
+      np.asarray(jax.tree.leaves(params[stack]["layers"])[0][2]))
+
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 5), 0, 50)
+  positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
+  if architecture == "encoder_decoder":
+    cache = lm.encode_for_decoding(params, tokens, None, 8)
+  else:
+    cache = lm.init_cache(2, 8)
+  want, want_cache = lm.logits_fn(params, tokens, positions, cache)
+  got, got_cache = jax.jit(lm.decoding_logits_fn)(dparams, tokens, positions, cache)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  for key in want_cache:
+    np.testing.assert_allclose(np.asarray(got_cache[key]), np.asarray(want_cache[key]),
+                               rtol=1e-5, atol=1e-6)
+  # One more step on the written caches: the same next-token logits.
+  step = jnp.full((2, 1), 7)
+  want2, _ = lm.logits_fn(params, step, jnp.full((2, 1), 5), want_cache)
+  got2, _ = lm.decoding_logits_fn(dparams, step, jnp.full((2, 1), 5), got_cache)
+  np.testing.assert_allclose(np.asarray(got2), np.asarray(want2), rtol=1e-5, atol=1e-5)
