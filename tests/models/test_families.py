@@ -93,7 +93,9 @@ def test_family_scheme_grid(family, position):
     (s_loss, (_, s_logits)), s_grads = fn(jax.device_put(params, shardings), sharded_batch)
   np.testing.assert_allclose(s_loss, loss, rtol=1e-5)
   np.testing.assert_allclose(s_logits, logits, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4),
+  # Sharded reductions sum in another order: gradients of magnitude ~1 differ by ~1e-6; a
+  # sharding error would differ by O(1).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
                jax.device_get(s_grads), jax.device_get(grads))
 
 
