@@ -54,7 +54,7 @@ from llmjax.data import pipeline  # noqa: E402
 from llmjax.sharding import mesh as mesh_lib  # noqa: E402
 from llmjax.sharding import partition  # noqa: E402
 from llmjax.training import host_data  # noqa: E402
-from llmjax.training.loop import check_vocab, validate  # noqa: E402
+from llmjax.training.loop import check_vocab, data_streams, validate  # noqa: E402
 
 DEFAULT_GIN_FILES = ["runs/quickstart.gin"]
 TARGET_RATIO = 10.0
@@ -126,8 +126,7 @@ def main(argv: list[str]) -> dict:
     check_vocab(model_cfg, pipeline.required_vocab_size(data_cfg, tokenizer))
     row_range = host_data.process_row_range(partition.data_sharding(mesh),
                                             train_cfg.batch_size)
-    # Data streams as loop._data_streams gives them for a fresh (not resumed) run.
-    streams = data_cfg.shards or jax.process_count()
+    streams = data_streams(data_cfg, None)  # As for a fresh (not resumed) run.
     start = time.perf_counter()
     train_iter = pipeline.make_train_iterator(
         data_cfg, tokenizer, batch_size=train_cfg.batch_size, seq_len=train_cfg.seq_len,

@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     print(_USAGE)
     return 0
   command, rest = argv[0], argv[1:]
-  # Imported lazily so `llmjax --help` and typos answer without importing jax.
   if command in ("train", "sample"):
     enable_compilation_cache()
+  # Imported lazily so `llmjax --help` and typos answer without importing jax.
   if command == "train":
     from llmjax.cli import train
     return train.main(rest)

@@ -1,9 +1,10 @@
 """Attention: self- and cross-attention, multi-head, grouped-query (GQA) and multi-query (MQA).
 
-Projections are matmuls (linear.py) over explicitly named kernels (q: [d, h, k], k/v: [d, g, k],
-out: [h, k, d]); the attention itself is `jax.nn.dot_product_attention` in [b, t, h, k]
-layout, which handles g < h natively, takes position biases (T5, ALiBi) through its `bias`
-argument and lets GPUs pick cuDNN flash attention.
+Projections are 2-D matmuls (linear.py) over explicitly named kernels (q: [d, h, k],
+k/v: [d, g, k], out: [h, k, d]). The attention itself (`attend`) is, on GPU/TPU,
+`jax.nn.dot_product_attention` in [b, t, h, k] layout, which handles g < h natively, takes
+position biases (T5, ALiBi) through its `bias` argument and lets GPUs pick cuDNN flash
+attention; on CPU it is `einsum_attention`, the same math grouped by kv head, faster there.
 
 Masks are built once per stack (not per layer) by the functions below. Without a cache, a
 query attends to keys of the same segment of its row (causal stacks: earlier-or-equal keys;

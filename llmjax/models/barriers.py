@@ -5,8 +5,9 @@ residual-stream gradient. Across unrolled layers the chain of those adds grows w
 XLA:CPU re-derives the whole chain inside each consumer fusion (e.g. the transposing copy that
 feeds each weight-gradient matmul): quadratic work in depth, a third of the backward pass of
 the small GPT shapes on CPU (benchmarks/NOTES.md). `materialize_grad` is the identity whose
-cotangent passes through `lax.optimization_barrier`, so each block's input gradient is computed
-once, written, and then read by its consumers. Values and gradients are unchanged.
+cotangent passes through a one-trip while loop (`lax.optimization_barrier` would not do: the
+CPU pipeline expands it away before fusion), so each block's input gradient is computed once,
+written, and then read by its consumers. Values and gradients are unchanged.
 """
 
 from __future__ import annotations

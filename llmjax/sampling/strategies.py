@@ -47,10 +47,6 @@ def greedy_argmax(logits: jax.Array) -> jax.Array:
   return jnp.min(jnp.where(hit, ids, vocab), axis=-1).astype(jnp.int32)
 
 
-def _greedy(logits: jax.Array) -> jax.Array:
-  return greedy_argmax(logits)
-
-
 def top_p_mask(sorted_logits: jax.Array, top_p: float) -> jax.Array:
   """Keeps the smallest prefix of descending-sorted logits whose probability reaches top_p.
 
@@ -93,7 +89,7 @@ class Greedy:
 
   def __call__(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
     del rng
-    return _greedy(logits)
+    return greedy_argmax(logits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +103,7 @@ class Temperature:
 
   def __call__(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
     if self.temperature == 0.0:
-      return _greedy(logits)
+      return greedy_argmax(logits)
     return _sample(logits, rng, self.temperature, 0, 1.0)
 
 
@@ -126,7 +122,7 @@ class TopK:
 
   def __call__(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
     if self.temperature == 0.0 or self.k == 1:
-      return _greedy(logits)
+      return greedy_argmax(logits)
     return _sample(logits, rng, self.temperature, self.k, 1.0)
 
 
@@ -143,7 +139,7 @@ class TopP:
 
   def __call__(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
     if self.temperature == 0.0:
-      return _greedy(logits)
+      return greedy_argmax(logits)
     return _sample(logits, rng, self.temperature, 0, self.p)
 
 
@@ -165,7 +161,7 @@ class TopKTopP:
 
   def __call__(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
     if self.temperature == 0.0 or self.top_k == 1:
-      return _greedy(logits)
+      return greedy_argmax(logits)
     return _sample(logits, rng, self.temperature, self.top_k, self.top_p)
 
 

@@ -269,7 +269,7 @@ def train(*, model: ModelConfig, data: Any, train: TrainConfig, mesh: Any, workd
       state = state.replace(params=params)
       if jax.process_index() == 0:
         print(f"llmjax: {report.summary()}", file=sys.stderr)
-  streams = _data_streams(data, iter_state)
+  streams = data_streams(data, iter_state)
   # Given the DataConfig (not the source) so it applies shuffle/seed/text_feature; the
   # prepared dataset is cached, so this does not prepare it again.
   train_iter = pipeline.make_train_iterator(
@@ -314,7 +314,7 @@ def _load_or_build_tokenizer(data: Any, workdir: str, train_source: Any) -> Any:
   return pipeline.get_or_train_tokenizer(data, train_source, tokenizer_dir=None)
 
 
-def _data_streams(data: Any, iter_state: Any) -> int:
+def data_streams(data: Any, iter_state: Any) -> int:
   """Data streams of the global batch: the config's, else the checkpoint's, else 1 per process."""
   saved = host_data.saved_shards(iter_state)
   streams = getattr(data, "shards", None) or saved or jax.process_count()
