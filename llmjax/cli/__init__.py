@@ -15,6 +15,8 @@ commands:
   plan        will it fit? (no hardware): llmjax plan --gin_file=F --mesh=fsdp:8 --device=h100
   shardings   every parameter's layout:   llmjax shardings --gin_file=F --mesh=fsdp:4,tensor:2
   tokenizer   tokenizer tools:            llmjax tokenizer train --text_files=GLOB --output=DIR
+  convert     Hugging Face checkpoints:   llmjax convert --from_hf=HF_DIR --workdir=OUT
+                                          llmjax convert --to_hf --workdir=W --out=HF_DIR
 
 Run `llmjax <command> --help` for the flags of one command.
 """
@@ -65,5 +67,8 @@ def main(argv: list[str] | None = None) -> int:
   if command == "tokenizer":
     from llmjax.cli import tokenizer
     return tokenizer.main(rest)
+  if command == "convert":
+    from llmjax.cli import convert
+    return convert.main(rest)
   print(f"llmjax: unknown command {command!r}.\n\n{_USAGE}", file=sys.stderr)
   return 2

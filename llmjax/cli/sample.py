@@ -19,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="prompt text ('' = start of a document); encoder_decoder: the "
                        "encoder input (<extra_id_i> = sentinel i); fill_mask: text with [MASK]")
   prompts.add_argument("--prompt_file", default=None, help="a file with one prompt per line")
+  prompts.add_argument("--prompt_ids", default=None,
+                       help="token ids, e.g. 1,450,3186 (prints ids; for models converted "
+                       "without a SentencePiece tokenizer); encoder_decoder: the encoder input")
   parser.add_argument("--mode", choices=MODES, default="generate",
                       help="generate (decoder / encoder_decoder) or fill_mask (MLM encoder)")
   parser.add_argument("--max_new_tokens", type=int, default=128)
@@ -61,6 +64,23 @@ def _print_fill_mask(prompts: list[str], results: list) -> None:
         print(f"  {prob:.4f}  {text!r}")  # repr: whitespace tokens stay visible.
 
 
+def _sample_ids(model, args: argparse.Namespace) -> int:
+  """Prints the generated ids of an id prompt, one completion per line."""
+  try:
+    ids = [int(x) for x in args.prompt_ids.replace(" ", "").split(",") if x]
+  except ValueError:
+    raise ValueError(f"--prompt_ids={args.prompt_ids!r}: write comma-separated integers, e.g. "
+                     "--prompt_ids=1,450,3186.") from None
+  if not ids:
+    raise ValueError("--prompt_ids is empty.")
+  completions = model.generate_ids(
+      [ids] * args.num_samples, max_new_tokens=args.max_new_tokens,
+      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+  for completion in completions:
+    print(",".join(map(str, completion)))
+  return 0
+
+
 def main(argv: list[str]) -> int:
   """Loads the workdir and prints `num_samples` completions per prompt (or fill-mask tops)."""
   args = _parser().parse_args(argv)
@@ -69,6 +89,8 @@ def main(argv: list[str]) -> int:
     import llmjax
 
     model = llmjax.load(args.workdir)
+    if args.prompt_ids is not None:
+      return _sample_ids(model, args)
     if args.mode == "fill_mask":
       results = model.fill_mask(prompts, top_k=args.top_k or DEFAULT_FILL_MASK_TOP_K)
     else:

@@ -37,10 +37,14 @@ def empty_rows(num_rows: int, encoder_len: int, decoder_len: int) -> dict[str, n
 
 
 class Seq2SeqPackIterDataset(grain.IterDataset):
-  """Packs {"encoder_inputs", "targets"} examples into [encoder_len] / [decoder_len] rows."""
+  """Packs {"encoder_inputs", "targets"} examples into [encoder_len] / [decoder_len] rows.
+
+  bos_id starts each decoder input: the tokenizer's bos_id, which is the decoder start id (1 for
+  llmjax's own tokenizers, 0 for T5's); required, since no default fits both.
+  """
 
   def __init__(self, parent: grain.IterDataset, encoder_len: int, decoder_len: int, *,
-               bos_id: int = 1):
+               bos_id: int):
     super().__init__(parent)
     if encoder_len < 1 or decoder_len < 1:
       raise ValueError(f"encoder_len={encoder_len} and decoder_len={decoder_len} must be >= 1.")

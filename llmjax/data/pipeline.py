@@ -119,7 +119,7 @@ class DataConfig:
       raise ValueError(f"DataConfig.tokenizer_dir={self.tokenizer_dir!r} holds no saved tokenizer "
                        f"({tokenizer_lib.CONFIG_FILE} is missing); make one with `llmjax tokenizer "
                        "train --output=DIR` or leave tokenizer_dir unset to train one.")
-    if self.tokenizer == "sentencepiece" and self.vocab_size < 300:
+    if self.tokenizer == "sentencepiece" and self.tokenizer_dir is None and self.vocab_size < 300:
       raise ValueError(f"DataConfig.vocab_size={self.vocab_size} is too small for SentencePiece "
                        "(>= 300), or use tokenizer='byte'.")
     if not 0.0 <= self.eval_fraction < 1.0:

@@ -1,8 +1,11 @@
 """Tokenizers: a lossless SentencePiece BPE model trained on the corpus, and raw UTF-8 bytes.
 
-Both map text to ids and back with `decode(encode(text)) == text` for any string, share the
-special ids pad=0, bos=1, eos=2, and save to a directory as `tokenizer.json` (the kind and
-ids) plus, for SentencePiece, `tokenizer.model` (the serialized model proto; never pickle).
+Both map text to ids and back with `decode(encode(text)) == text` for any string (a converted
+SentencePiece model only as far as its own normalization allows). Ours use the special ids
+pad=0, bos=1, eos=2; a SentencePiece model converted from elsewhere keeps its own (LLaMA: unk 0,
+bos 1, eos 2, no pad; T5: pad 0, eos 1, unk 2, no bos), with overrides for the ones it lacks.
+Both save to a directory as `tokenizer.json` (the kind and the ids in use) plus, for
+SentencePiece, `tokenizer.model` (the serialized model proto; never pickle).
 `load_tokenizer(directory)` reads either kind back.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import operator
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
@@ -70,24 +74,61 @@ class ByteTokenizer:
 
   def save(self, directory: str) -> None:
     """Writes tokenizer.json into directory."""
-    _write_config(directory, {"kind": self.kind, "vocab_size": self.vocab_size})
+    _write_config(directory, {"kind": self.kind, "vocab_size": self.vocab_size,
+                              "pad_id": self.pad_id, "bos_id": self.bos_id,
+                              "eos_id": self.eos_id})
 
 
 class SentencePieceTokenizer:
-  """A SentencePiece model (pad 0, bos 1, eos 2, unk 3) held as its serialized proto."""
+  """A SentencePiece model held as its serialized proto, with the special ids llmjax uses.
+
+  Models trained here have pad 0, bos 1, eos 2, unk 3. A converted model (LLaMA, T5) keeps its
+  proto's ids unless overridden: LLaMA's has no pad (pad falls back to unk), T5's has no bos
+  (pass bos_id, e.g. T5's decoder start id 0).
+  """
 
   kind = "sentencepiece"
 
-  def __init__(self, model_proto: bytes):
+  def __init__(self, model_proto: bytes, *, pad_id: int | None = None,
+               bos_id: int | None = None, eos_id: int | None = None):
+    """Loads model_proto; each given id overrides the proto's own.
+
+    Args:
+      model_proto: a serialized SentencePiece ModelProto (a `tokenizer.model` file's bytes).
+      pad_id: defaults to the proto's pad, or its unk when it has none.
+      bos_id: defaults to the proto's bos; required when the proto has none.
+      eos_id: defaults to the proto's eos; required when the proto has none.
+
+    Raises:
+      ValueError: bos or eos is neither in the proto nor given, or an id is outside
+        [0, vocab_size).
+    """
     self.model_proto = bytes(model_proto)
     self._sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
     self.vocab_size = self._sp.get_piece_size()
-    self.pad_id, self.bos_id = self._sp.pad_id(), self._sp.bos_id()
-    self.eos_id, self.unk_id = self._sp.eos_id(), self._sp.unk_id()
-    if (self.pad_id, self.bos_id, self.eos_id) != (PAD_ID, BOS_ID, EOS_ID):
-      raise ValueError(f"SentencePiece model has pad/bos/eos ids {self.pad_id}/{self.bos_id}/"
-                       f"{self.eos_id}; llmjax needs 0/1/2 (train it with "
-                       "SentencePieceTokenizer.train).")
+    self.unk_id = self._sp.unk_id()
+    # The proto says -1 for a special it lacks. Padding is only ever masked out, so unk can
+    # stand in for a missing pad; bos and eos are fed to and read from the model, so a
+    # stand-in would change what it computes: those the caller must name.
+    proto_pad = self._sp.pad_id()
+    self.pad_id = _resolve_id("pad", pad_id, proto_pad if proto_pad >= 0 else self.unk_id,
+                              self.vocab_size)
+    self.bos_id = _resolve_id("bos", bos_id, self._sp.bos_id(), self.vocab_size)
+    self.eos_id = _resolve_id("eos", eos_id, self._sp.eos_id(), self.vocab_size)
+
+  @classmethod
+  def from_file(cls, path: str, *, pad_id: int | None = None, bos_id: int | None = None,
+                eos_id: int | None = None) -> SentencePieceTokenizer:
+    """Loads a `tokenizer.model` file, or the one in directory path (e.g. an HF checkpoint).
+
+    Args:
+      path: the model file, or a directory holding `tokenizer.model`.
+      pad_id, bos_id, eos_id: overrides, as in the constructor.
+    """
+    if os.path.isdir(path):
+      path = os.path.join(path, MODEL_FILE)
+    with open(path, "rb") as f:
+      return cls(f.read(), pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
 
   @classmethod
   def train(cls, texts: Iterable[str], vocab_size: int = 4096, *, max_text_mb: float = 8.0,
@@ -142,13 +183,51 @@ class SentencePieceTokenizer:
     return self._sp.decode([int(i) for i in ids if int(i) not in specials])
 
   def save(self, directory: str) -> None:
-    """Writes tokenizer.json and tokenizer.model into directory."""
+    """Writes tokenizer.json (with the ids in use) and tokenizer.model into directory."""
     os.makedirs(directory, exist_ok=True)
     _atomic_write(os.path.join(directory, MODEL_FILE), self.model_proto)
-    _write_config(directory, {"kind": self.kind, "vocab_size": self.vocab_size})
+    _write_config(directory, {"kind": self.kind, "vocab_size": self.vocab_size,
+                              "pad_id": self.pad_id, "bos_id": self.bos_id,
+                              "eos_id": self.eos_id})
 
 
-def load_tokenizer(directory: str) -> ByteTokenizer | SentencePieceTokenizer:
+class IdTokenizer:
+  """Token ids without text: the special ids and vocabulary size of a model whose own tokenizer
+  llmjax does not read (a converted GPT-2's BPE, a BERT's WordPiece). Generation and scoring
+  work on ids (`LoadedModel.generate_ids`, `llmjax sample --prompt_ids`); text raises."""
+
+  kind = "ids"
+
+  def __init__(self, vocab_size: int, *, pad_id: int | None = None, bos_id: int | None = None,
+               eos_id: int | None = None):
+    self.vocab_size = int(vocab_size)
+    eos = eos_id if eos_id is not None else (bos_id if bos_id is not None else 0)
+    self.eos_id = _resolve_id("eos", eos, -1, self.vocab_size)
+    self.bos_id = _resolve_id("bos", bos_id if bos_id is not None else self.eos_id, -1,
+                              self.vocab_size)
+    self.pad_id = _resolve_id("pad", pad_id if pad_id is not None else self.eos_id, -1,
+                              self.vocab_size)
+
+  def _no_text(self, what: str):
+    raise ValueError(f"this model has no text tokenizer (it was converted from a folder "
+                     f"without a SentencePiece tokenizer.model), so it cannot {what}: work on "
+                     "token ids (LoadedModel.logits / generate_ids, `llmjax sample "
+                     "--prompt_ids=1,2,3`), tokenizing with the model's own tokenizer.")
+
+  def encode(self, text: str) -> list[int]:
+    self._no_text("encode text")
+
+  def decode(self, ids: Iterable[int]) -> str:
+    self._no_text("decode ids into text")
+
+  def save(self, directory: str) -> None:
+    """Writes tokenizer.json into directory."""
+    _write_config(directory, {"kind": self.kind, "vocab_size": self.vocab_size,
+                              "pad_id": self.pad_id, "bos_id": self.bos_id,
+                              "eos_id": self.eos_id})
+
+
+def load_tokenizer(directory: str) -> ByteTokenizer | SentencePieceTokenizer | IdTokenizer:
   """Loads the tokenizer saved in directory (either kind)."""
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(path):
@@ -159,10 +238,15 @@ def load_tokenizer(directory: str) -> ByteTokenizer | SentencePieceTokenizer:
   if kind == ByteTokenizer.kind:
     return ByteTokenizer()
   if kind == SentencePieceTokenizer.kind:
-    with open(os.path.join(directory, MODEL_FILE), "rb") as f:
-      return SentencePieceTokenizer(f.read())
-  raise ValueError(f"{path} has unknown tokenizer kind {kind!r}; expected 'byte' or "
-                   "'sentencepiece'.")
+    # The saved ids are the ones the model was trained or converted with; older files (all
+    # 0/1/2) and files without them resolve exactly as the proto says.
+    ids = {key: config[key] for key in ("pad_id", "bos_id", "eos_id") if key in config}
+    return SentencePieceTokenizer.from_file(os.path.join(directory, MODEL_FILE), **ids)
+  if kind == IdTokenizer.kind:
+    return IdTokenizer(config["vocab_size"], pad_id=config.get("pad_id"),
+                       bos_id=config.get("bos_id"), eos_id=config.get("eos_id"))
+  raise ValueError(f"{path} has unknown tokenizer kind {kind!r}; expected 'byte', "
+                   "'sentencepiece' or 'ids'.")
 
 
 def _training_lines(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
@@ -182,11 +266,23 @@ def _training_lines(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
         return
 
 
+def _resolve_id(name: str, override: int | None, proto_id: int, vocab_size: int) -> int:
+  """The override if given, else the proto's id; checked to lie in [0, vocab_size)."""
+  if override is None and proto_id < 0:
+    fix = ("e.g. the decoder start id (T5: bos_id=0)" if name == "bos"
+           else "e.g. the id of '</s>'")
+    raise ValueError(f"the SentencePiece model has no {name} piece; pass {name}_id= to "
+                     f"SentencePieceTokenizer ({fix}).")
+  value = proto_id if override is None else operator.index(override)  # No floats.
+  if not 0 <= value < vocab_size:
+    raise ValueError(f"{name}_id={value} is outside the SentencePiece vocabulary "
+                     f"[0, {vocab_size}).")
+  return value
+
+
 def _write_config(directory: str, config: dict) -> None:
   os.makedirs(directory, exist_ok=True)
-  _atomic_write(os.path.join(directory, CONFIG_FILE),
-                json.dumps(dict(config, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID),
-                           indent=2).encode())
+  _atomic_write(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2).encode())
 
 
 def _atomic_write(path: str, data: bytes) -> None:

@@ -69,9 +69,9 @@ def write_cache(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.A
 
 
 def einsum_attention(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None,
-                     mask: jax.Array) -> jax.Array:
+                     mask: jax.Array, scale: float | None = None) -> jax.Array:
   """Softmax attention as two einsums, grouped by kv head; the math of
-  `jax.nn.dot_product_attention` (scale 1/sqrt(k), softmax in float32).
+  `jax.nn.dot_product_attention` (scale default 1/sqrt(k), softmax in float32).
 
   On CPU this runs the backward pass about twice as fast as jax's XLA implementation, whose
   [b, t, h, k] -> [b, h, t, k] transposes and reductions dominate at small widths
@@ -87,7 +87,8 @@ def einsum_attention(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.A
       return x[:, :, None]
     return x.reshape(x.shape[0], g, r, *x.shape[2:])
 
-  q = (q * jnp.asarray(k ** -0.5, q.dtype)).reshape(b, t, g, r, k)
+  scale = k ** -0.5 if scale is None else scale
+  q = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, g, r, k)
   scores = jnp.einsum("btgrk,bsgk->bgrts", q, key, preferred_element_type=jnp.float32)
   if bias is not None:
     scores = scores + grouped(bias).astype(jnp.float32)
@@ -97,15 +98,17 @@ def einsum_attention(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.A
 
 
 def attend(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None,
-           mask: jax.Array, implementation: str | None = None) -> jax.Array:
+           mask: jax.Array, implementation: str | None = None,
+           scale: float | None = None) -> jax.Array:
   """[b, t, h, k] attention output: `einsum_attention` when `implementation` is 'einsum' (or
   None on CPU), else `jax.nn.dot_product_attention` with that implementation (None lets GPUs
-  pick cuDNN's fused kernel; biases go through its `bias` argument, so they keep it)."""
+  pick cuDNN's fused kernel; biases go through its `bias` argument, so they keep it).
+  `scale` multiplies the query-key products (None: 1/sqrt(k))."""
   if implementation == "einsum" or (implementation is None and jax.default_backend() == "cpu"):
-    return einsum_attention(q, key, value, bias, mask)
+    return einsum_attention(q, key, value, bias, mask, scale)
   if bias is not None:
     bias = bias.astype(q.dtype)
-  return jax.nn.dot_product_attention(q, key, value, bias=bias, mask=mask,
+  return jax.nn.dot_product_attention(q, key, value, bias=bias, mask=mask, scale=scale,
                                       implementation=implementation)
 
 
@@ -192,7 +195,8 @@ class Attention(nn.Module):
       key, value = new_cache["k"], new_cache["v"]  # [b, s, g, k]
     key, value = constrain(key, kv_axes), constrain(value, kv_axes)
 
-    out = attend(q, key.astype(q.dtype), value.astype(q.dtype), bias, mask, cfg.attention_impl)
+    out = attend(q, key.astype(q.dtype), value.astype(q.dtype), bias, mask, cfg.attention_impl,
+                 cfg.attention_scale)
     out = constrain(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_HEAD_DIM))
     y = linear(out, wo, 2)
     if cfg.use_bias:

@@ -1,4 +1,5 @@
-"""One pre-norm transformer block: x + Attn(Norm(x)), [x + CrossAttn(Norm(x)),] x + Mlp(Norm(x)).
+"""One transformer block: x + Attn(Norm(x)), [x + CrossAttn(Norm(x)),] x + Mlp(Norm(x)) (pre-norm)
+or Norm(x + Attn(x)), Norm(x + Mlp(x)) (post-norm: BERT, the original Transformer).
 
 The same block serves every family: causal (GPT decoder), bidirectional (BERT / T5 encoder)
 and causal with cross-attention (T5 decoder); masks and position biases arrive precomputed
@@ -54,19 +55,24 @@ class Block(nn.Module):
     cfg = self.config
     x = materialize_grad(x)
     dropout = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
+    post = cfg.norm_position == "post"
+
+    def sublayer(x: jax.Array, norm_name: str, fn) -> tuple[jax.Array, object]:
+      norm = make_norm(cfg, norm_name)
+      y, extra = fn(x if post else norm(x))
+      x = x + dropout(y)
+      return constrain(norm(x) if post else x, _RESIDUAL), extra
+
     self_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
-    y, self_cache = Attention(cfg, name="attention")(
-        make_norm(cfg, "attention_norm")(x), positions, mask, bias, self_cache)
-    x = constrain(x + dropout(y), _RESIDUAL)
+    x, self_cache = sublayer(x, "attention_norm", lambda h: Attention(cfg, name="attention")(
+        h, positions, mask, bias, self_cache))
     new_cache = self_cache
     if self.cross:
       cross_cache = None if cache is None else {"k": cache["cross_k"], "v": cache["cross_v"]}
-      y, _ = Attention(cfg, cross=True, name="cross_attention")(
-          make_norm(cfg, "cross_attention_norm")(x), positions, cross_mask, None, cross_cache,
-          encoded)
-      x = constrain(x + dropout(y), _RESIDUAL)
+      x, _ = sublayer(x, "cross_attention_norm", lambda h: Attention(
+          cfg, cross=True, name="cross_attention")(h, positions, cross_mask, None, cross_cache,
+                                                   encoded))
       if cache is not None:
         new_cache = {**self_cache, "cross_k": cache["cross_k"], "cross_v": cache["cross_v"]}
-    y = Mlp(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x))
-    x = constrain(x + dropout(y), _RESIDUAL)
+    x, _ = sublayer(x, "mlp_norm", lambda h: (Mlp(cfg, name="mlp")(h), None))
     return x, new_cache

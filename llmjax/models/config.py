@@ -17,6 +17,7 @@ from llmjax.models.precision import PRECISIONS, policy_dtypes
 ARCHITECTURES = ("decoder", "encoder", "encoder_decoder")
 POSITIONS = ("learned", "sinusoidal", "rope", "t5_relative", "alibi")
 NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
 MLPS = ("gelu", "relu", "swiglu", "geglu")
 POOLINGS = ("first", "mean")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "offload")
@@ -53,7 +54,14 @@ class ModelConfig:
     sliding_window: local attention: a query sees keys fewer than this many positions away
       (causal stacks: behind it); None = global attention.
     norm: 'layernorm' or 'rmsnorm'; norm_eps its epsilon.
+    norm_position: 'pre' (x + f(norm(x)), a final norm after the stack: GPT-2, LLaMA, T5) or
+      'post' (norm(x + f(x)), no final norm: the original Transformer and BERT).
+    embedding_norm: a norm on the summed embeddings before the first block (BERT).
+    type_vocab_size: rows of a token-type (segment A/B) embedding added to the inputs (BERT's
+      2); 0 = none. Inputs without token types use type 0.
     mlp: 'gelu' or 'relu' (two matrices), 'swiglu' or 'geglu' (gated, three matrices).
+    gelu_approximate: GELU (in 'gelu', 'geglu' and BERT's MLM transform) by its tanh
+      approximation (GPT-2's and T5's "gelu_new") or, when False, exactly (BERT's erf "gelu").
     tie_embeddings: reuse the input embedding as the output projection.
     use_bias: biases on dense layers.
     dropout_rate: dropout on attention output, MLP output and embeddings.
@@ -66,6 +74,8 @@ class ModelConfig:
     remat_policy: what the backward pass recomputes: 'none' (save every activation), 'full'
       (save only block inputs), 'dots' (save matmul outputs), 'dots_no_batch' (save only
       weight matmuls), 'offload' (as dots_no_batch, saved to host memory; GPU/TPU only).
+    attention_scale: factor on the query-key products; None = head_dim ** -0.5. T5 folds that
+      factor into its weights and uses 1.0.
     attention_impl: 'einsum' (llmjax's two-einsum softmax attention), or 'xla' / 'cudnn' for
       jax.nn.dot_product_attention; None = 'einsum' on CPU, where it is fastest, else
       jax.nn.dot_product_attention's own choice (cuDNN flash attention on GPUs that have it).
@@ -86,7 +96,11 @@ class ModelConfig:
   rope_theta: float = 10_000.0
   norm: str = "rmsnorm"
   norm_eps: float = 1e-6
+  norm_position: str = "pre"
+  embedding_norm: bool = False
+  type_vocab_size: int = 0
   mlp: str = "swiglu"
+  gelu_approximate: bool = True
   tie_embeddings: bool = True
   use_bias: bool = False
   dropout_rate: float = 0.0
@@ -96,6 +110,7 @@ class ModelConfig:
   scan_layers: bool = True
   scan_unroll: int = 1
   remat_policy: str = "none"
+  attention_scale: float | None = None
   attention_impl: str | None = None
   architecture: str = "decoder"
   num_decoder_layers: int | None = None
@@ -113,6 +128,7 @@ class ModelConfig:
     _choice("position", self.position, POSITIONS)
     _choice("pooling", self.pooling, POOLINGS)
     _choice("norm", self.norm, NORMS)
+    _choice("norm_position", self.norm_position, NORM_POSITIONS)
     _choice("mlp", self.mlp, MLPS)
     _choice("remat_policy", self.remat_policy, REMAT_POLICIES)
     _choice("precision", self.precision, PRECISIONS)
@@ -155,6 +171,15 @@ class ModelConfig:
             "num_classes unset.")
       if self.num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+    if self.architecture == "encoder_decoder" and (
+        self.norm_position != "pre" or self.embedding_norm or self.type_vocab_size):
+      raise ValueError(
+          "an encoder_decoder model is pre-norm with plain token embeddings (T5): leave "
+          "norm_position='pre', embedding_norm=False and type_vocab_size=0.")
+    if self.type_vocab_size < 0:
+      raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}.")
+    if self.attention_scale is not None and not self.attention_scale > 0:
+      raise ValueError(f"attention_scale must be positive or None, got {self.attention_scale}.")
     if self.sliding_window is not None and self.sliding_window <= 0:
       raise ValueError(f"sliding_window must be positive or None, got {self.sliding_window}.")
     if self.position == "t5_relative" and (

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from llmjax.models.linear import linear
+from llmjax.models.norms import make_norm
 from llmjax.models.position import LearnedPositions, sinusoidal_embedding
 from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
@@ -83,15 +84,26 @@ def absolute_positions(config: Any, positions: jax.Array, name: str) -> jax.Arra
 
 
 def embed_inputs(config: Any, tokens: jax.Array, positions: jax.Array,
-                 deterministic: bool) -> tuple[jax.Array, Embed]:
-  """Token embedding (+ absolute positions) + dropout for a single-stack model: returns the
-  [b, t, d] activations and the `token_embed` module (for a tied output projection). Call
-  from inside a compact method; creates the submodules `token_embed` and `position_embed`."""
+                 deterministic: bool, token_types: jax.Array | None = None
+                 ) -> tuple[jax.Array, Embed]:
+  """Token embedding (+ absolute positions, + token types, then a norm if the config asks)
+  + dropout for a single-stack model: returns the [b, t, d] activations and the `token_embed`
+  module (for a tied output projection). Call from inside a compact method; creates the
+  submodules `token_embed`, `position_embed`, `token_type_embed` and `embed_norm` it needs.
+
+  token_types: [b, t] token-type ids (config.type_vocab_size > 0); None = type 0 everywhere.
+  """
   embed = Embed(config.vocab_size, config.embed_dim, config.compute_dtype, config.weight_dtype,
                 name="token_embed")
   x = embed(tokens)  # [b, t, d]
   pos = absolute_positions(config, positions, "position_embed")
   if pos is not None:
     x = x + pos
+  if config.type_vocab_size:
+    types = Embed(config.type_vocab_size, config.embed_dim, config.compute_dtype,
+                  config.weight_dtype, name="token_type_embed")
+    x = x + types(jnp.zeros_like(tokens) if token_types is None else token_types)
+  if config.embedding_norm:
+    x = make_norm(config, "embed_norm")(x)
   x = nn.Dropout(config.dropout_rate)(x, deterministic=deterministic)
   return constrain(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)), embed

@@ -26,7 +26,7 @@ class EncoderOnly(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None, *,
+               segment_ids: jax.Array | None = None, *, token_types: jax.Array | None = None,
                deterministic: bool = True) -> tuple[jax.Array, None]:
     """Runs the encoder.
 
@@ -35,6 +35,7 @@ class EncoderOnly(nn.Module):
       positions: [b, t] positions within each document (default arange(t)).
       segment_ids: [b, t] packed-document ids, 0 = padding (default all ones); tokens attend
         to every token of their own segment, in both directions.
+      token_types: [b, t] token-type ids when config.type_vocab_size > 0 (default type 0).
       deterministic: disables dropout.
 
     Returns:
@@ -42,11 +43,12 @@ class EncoderOnly(nn.Module):
     """
     cfg = self.config
     positions, segment_ids = default_positions(tokens, positions, segment_ids)
-    x, embed = embed_inputs(cfg, tokens, positions, deterministic)
+    x, embed = embed_inputs(cfg, tokens, positions, deterministic, token_types)
 
     x, _ = TransformerStack(cfg, cfg.num_layers, causal=False, deterministic=deterministic,
                             name="encoder")(x, positions, segment_ids)
-    x = make_norm(cfg, "final_norm")(x)
+    if cfg.norm_position == "pre":  # Post-norm blocks end normalized already.
+      x = make_norm(cfg, "final_norm")(x)
     if cfg.is_classifier:
       return ClassificationHead(cfg, deterministic, name="classifier")(x, segment_ids), None
     h = MlmTransform(cfg, name="mlm_transform")(x)

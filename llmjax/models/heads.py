@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from llmjax.models.config import ModelConfig
 from llmjax.models.linear import linear
+from llmjax.models.mlp import activation
 from llmjax.models.norms import make_norm, norm_num_params
 from llmjax.sharding import axes
 
@@ -37,8 +38,8 @@ class MlmTransform(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """[b, t, d] -> [b, t, d]."""
     d = self.config.embed_dim
-    h = nn.gelu(_dense(self, "dense", x, (d, d), (axes.EMBED, axes.POOLED),
-                       self.config.use_bias))
+    h = activation(self.config, "gelu")(
+        _dense(self, "dense", x, (d, d), (axes.EMBED, axes.POOLED), self.config.use_bias))
     return make_norm(self.config, "norm")(h)
 
 

@@ -303,7 +303,8 @@ class LanguageModel:
                + 2 * relpos)
       position_tables = 2
     else:
-      count = cfg.num_layers * per_layer + norm + relpos
+      final_norm = norm if cfg.norm_position == "pre" else 0
+      count = cfg.num_layers * per_layer + final_norm + relpos + (norm if cfg.embedding_norm else 0)
     has_vocab_head = not cfg.is_classifier
     if cfg.architecture == "encoder":
       if cfg.is_classifier:
@@ -315,7 +316,7 @@ class LanguageModel:
     if has_vocab_head and not cfg.tie_embeddings:
       count += d * v
     if embeddings:
-      count += v * d
+      count += (v + cfg.type_vocab_size) * d
       if cfg.position == "learned":
         count += position_tables * cfg.max_seq_len * d
     return count

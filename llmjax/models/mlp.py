@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 
@@ -12,8 +15,14 @@ from llmjax.sharding.partition import constrain
 
 _INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 GATED = ("swiglu", "geglu")
-# GeGLU uses the tanh approximation of GELU, as T5 v1.1 does ("gelu_new").
-_ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "swiglu": nn.silu, "geglu": nn.gelu}
+
+
+def activation(config: ModelConfig, name: str) -> Callable[[jax.Array], jax.Array]:
+  """The nonlinearity `name` ('gelu', 'relu', 'swiglu' -> SiLU, 'geglu' -> GELU); GELU is
+  tanh-approximated ("gelu_new": GPT-2, T5 v1.1) unless config.gelu_approximate is False."""
+  if name in ("gelu", "geglu"):
+    return functools.partial(nn.gelu, approximate=config.gelu_approximate)
+  return {"relu": nn.relu, "swiglu": nn.silu}[name]
 
 
 class Mlp(nn.Module):
@@ -42,10 +51,10 @@ class Mlp(nn.Module):
     if cfg.mlp in GATED:
       gate = self._dense("wi_gate", x, (d, f), (axes.EMBED, axes.MLP))
       up = self._dense("wi_up", x, (d, f), (axes.EMBED, axes.MLP))
-      h = constrain(_ACTIVATIONS[cfg.mlp](gate) * up, hidden_axes)  # [b, t, f]
+      h = constrain(activation(cfg, cfg.mlp)(gate) * up, hidden_axes)  # [b, t, f]
     else:
       h = self._dense("wi", x, (d, f), (axes.EMBED, axes.MLP))
-      h = constrain(_ACTIVATIONS[cfg.mlp](h), hidden_axes)
+      h = constrain(activation(cfg, cfg.mlp)(h), hidden_axes)
     out = self._dense("wo", h, (f, d), (axes.MLP, axes.EMBED))
     return constrain(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
 

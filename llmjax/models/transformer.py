@@ -54,7 +54,8 @@ class DecoderOnly(nn.Module):
 
     x, cache = TransformerStack(cfg, cfg.num_layers, causal=True, deterministic=deterministic,
                                 name="decoder")(x, positions, segment_ids, cache)
-    x = make_norm(cfg, "final_norm")(x)
+    if cfg.norm_position == "pre":  # Post-norm blocks end normalized already.
+      x = make_norm(cfg, "final_norm")(x)
     logits = vocab_projection(self, cfg, x, embed,
                               bias=cfg.use_bias and not cfg.tie_embeddings)
     return constrain(logits, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB)), cache

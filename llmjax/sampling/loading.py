@@ -74,14 +74,15 @@ class LoadedModel:
       raise ValueError(f"{name}: token ids must be in [0, {self.config.vocab_size}).")
     return tokens
 
-  def logits(self, token_ids: Any, decoder_ids: Any = None) -> np.ndarray:
+  def logits(self, token_ids: Any, decoder_input_ids: Any = None) -> np.ndarray:
     """Full-forward float32 logits of any family.
 
     Args:
       token_ids: [t] or [b, t] ids. Decoder: the text (BOS first). Encoder: the (masked)
         document. encoder_decoder: the encoder input.
-      decoder_ids: encoder_decoder only (and required there): the decoder input, BOS first,
-        [t'] or [b, t'] like token_ids.
+      decoder_input_ids: encoder_decoder only (and required there): the decoder input, its
+        start id first (BOS; a converted T5: decoder_start_token_id), [t'] or [b, t'] like
+        token_ids.
 
     Returns:
       [t, v] (or [b, t, v]) next-token / MLM logits; encoder_decoder: [t', v] decoder logits;
@@ -90,16 +91,16 @@ class LoadedModel:
     tokens = self._check_ids(token_ids, "token_ids")
     decoder = None
     if self.model.is_encoder_decoder:
-      if decoder_ids is None:
-        raise ValueError("an encoder_decoder model's logits need decoder_ids (the decoder "
+      if decoder_input_ids is None:
+        raise ValueError("an encoder_decoder model's logits need decoder_input_ids (the decoder "
                          "input, BOS first) besides token_ids (the encoder input).")
-      decoder = self._check_ids(decoder_ids, "decoder_ids")
+      decoder = self._check_ids(decoder_input_ids, "decoder_input_ids")
       if decoder.ndim != tokens.ndim or (tokens.ndim == 2 and len(decoder) != len(tokens)):
-        raise ValueError(f"decoder_ids shape {decoder.shape} does not match token_ids shape "
+        raise ValueError(f"decoder_input_ids shape {decoder.shape} does not match token_ids shape "
                          f"{tokens.shape} (same rank and batch).")
       decoder = (decoder if decoder.ndim == 2 else decoder[None]).astype(np.int32)
-    elif decoder_ids is not None:
-      raise ValueError(f"decoder_ids is for encoder_decoder models; this one is "
+    elif decoder_input_ids is not None:
+      raise ValueError(f"decoder_input_ids is for encoder_decoder models; this one is "
                        f"{self.config.architecture!r}.")
     batched = tokens if tokens.ndim == 2 else tokens[None]
     logits = np.asarray(self._forward(self.params, batched.astype(np.int32), decoder))
@@ -116,6 +117,25 @@ class LoadedModel:
                        "LoadedModel.fill_mask(texts) or `llmjax sample --mode=fill_mask "
                        "--prompt='... [MASK] ...'`.")
     return self.sampler.generate(prompts, **sampling_kwargs)
+
+  def generate_ids(self, token_ids: Sequence[Sequence[int]], **sampling_kwargs: Any
+                   ) -> list[list[int]]:
+    """Completes token-id prompts (no tokenizer involved): per row, the new ids without EOS.
+
+    Decoder: each row is the start of the text (include BOS yourself if the model expects it).
+    encoder_decoder: each row is the encoder input; the decoder starts from the tokenizer's
+    BOS (a converted T5: its decoder_start_token_id). sampling_kwargs: max_new_tokens,
+    temperature (0 = greedy), top_k, top_p, seed.
+    """
+    if self.sampler is None:
+      return self.generate([])  # Raises the family's explanation.
+    rows = [list(map(int, row)) for row in token_ids]
+    for row in rows:
+      self._check_ids(row, "token_ids")
+    if self.model.is_encoder_decoder:
+      return self.sampler.generate_ids([[self.tokenizer.bos_id]] * len(rows), encoder_ids=rows,
+                                       **sampling_kwargs)
+    return self.sampler.generate_ids(rows, **sampling_kwargs)
 
   def fill_mask(self, texts: Sequence[str] | str, top_k: int = 5,
                 mask_token: str = "[MASK]") -> list[list[list[tuple[str, float]]]]:

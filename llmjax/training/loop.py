@@ -79,6 +79,12 @@ def check_resume_compatible(workdir: str, new: dict) -> None:
     return
   with open(path, encoding="utf-8") as f:
     old = json.load(f)
+  if "converted_from" in old:
+    raise ValueError(
+        f"{workdir} holds a converted checkpoint (llmjax convert: params only, no optimizer or "
+        f"data state), which is not resumed: fine-tune from it into a new workdir with "
+        f"--gin_file={os.path.join(workdir, 'model.gin')} "
+        f"--gin.TrainConfig.init_from=\"'{workdir}'\" --workdir=NEW_DIR.")
   bad = [d for d in config_diff(old, new) if d[0] not in RESUMABLE_CHANGES
          and not _added_at_default(d, new)]
   if bad:

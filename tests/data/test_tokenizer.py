@@ -1,9 +1,11 @@
 """Tokenizers: lossless round trips, specials, save/load, deterministic training."""
 
+import io
 import json
 import os
 
 import pytest
+import sentencepiece as spm
 
 from llmjax.data import tokenizer as tokenizer_lib
 from llmjax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, load_tokenizer
@@ -38,6 +40,28 @@ def _corpus() -> list[str]:
 @pytest.fixture(scope="module")
 def sp_tok() -> SentencePieceTokenizer:
   return SentencePieceTokenizer.train(_corpus(), vocab_size=320)
+
+
+def _hf_style_proto(style: str) -> bytes:
+  """A small model with LLaMA's (unk 0, bos 1, eos 2, no pad) or T5's (pad 0, eos 1, unk 2,
+  no bos) special ids, as a converted HF tokenizer.model has them."""
+  ids = {"llama": dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1),
+         "t5": dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1)}[style]
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(_corpus()), model_writer=model,
+                                 vocab_size=300, model_type="bpe", num_threads=1, minloglevel=2,
+                                 **ids)
+  return model.getvalue()
+
+
+@pytest.fixture(scope="module")
+def llama_proto() -> bytes:
+  return _hf_style_proto("llama")
+
+
+@pytest.fixture(scope="module")
+def t5_proto() -> bytes:
+  return _hf_style_proto("t5")
 
 
 def test_sentencepiece_round_trip_lossless(sp_tok):
@@ -98,3 +122,72 @@ def test_save_load_round_trip(kind, sp_tok, tmp_path):
 def test_load_tokenizer_missing_dir_raises(tmp_path):
   with pytest.raises(FileNotFoundError, match="tokenizer.json"):
     load_tokenizer(str(tmp_path))
+
+
+def test_sentencepiece_llama_style_ids_pad_falls_back_to_unk(llama_proto):
+  tok = SentencePieceTokenizer(llama_proto)
+  assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2, 0)
+  ids = tok.encode("def method")
+  assert tok.decode([tok.bos_id, *ids, tok.eos_id]) == tok.decode(ids)
+
+
+def test_sentencepiece_t5_style_ids_with_bos_override(t5_proto):
+  tok = SentencePieceTokenizer(t5_proto, bos_id=0)  # T5's decoder starts from pad (0).
+  assert (tok.pad_id, tok.eos_id, tok.unk_id, tok.bos_id) == (0, 1, 2, 0)
+
+
+def test_sentencepiece_no_bos_without_override_raises(t5_proto):
+  with pytest.raises(ValueError, match="no bos piece; pass bos_id="):
+    SentencePieceTokenizer(t5_proto)
+
+
+@pytest.mark.parametrize("ids", [dict(bos_id=300), dict(eos_id=-1), dict(pad_id=10_000)])
+def test_sentencepiece_out_of_range_override_raises(ids, llama_proto):
+  name = next(iter(ids))
+  with pytest.raises(ValueError, match=f"{name}={ids[name]} is outside .* \\[0, 300\\)"):
+    SentencePieceTokenizer(llama_proto, **ids)
+
+
+@pytest.mark.parametrize("style, overrides, expected", [
+    ("llama", {}, (0, 1, 2)),
+    ("t5", dict(bos_id=0), (0, 0, 1)),
+    ("ours", dict(eos_id=7, pad_id=5), (5, 1, 7)),
+])
+def test_sentencepiece_save_load_keeps_ids(style, overrides, expected, sp_tok, llama_proto,
+                                           t5_proto, tmp_path):
+  proto = {"llama": llama_proto, "t5": t5_proto, "ours": sp_tok.model_proto}[style]
+  tok = SentencePieceTokenizer(proto, **overrides)
+  tok.save(str(tmp_path))
+  with open(os.path.join(tmp_path, tokenizer_lib.CONFIG_FILE)) as f:
+    saved = json.load(f)
+  assert (saved["pad_id"], saved["bos_id"], saved["eos_id"]) == expected
+  loaded = load_tokenizer(str(tmp_path))
+  assert (loaded.pad_id, loaded.bos_id, loaded.eos_id) == expected
+  assert loaded.model_proto == proto
+
+
+def test_sentencepiece_from_file_or_directory(t5_proto, tmp_path):
+  path = os.path.join(tmp_path, tokenizer_lib.MODEL_FILE)
+  with open(path, "wb") as f:
+    f.write(t5_proto)
+  for where in (path, str(tmp_path)):
+    tok = SentencePieceTokenizer.from_file(where, bos_id=0)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.model_proto) == (0, 0, 1, t5_proto)
+
+
+def test_old_tokenizer_files_load_and_save_unchanged(sp_tok, tmp_path):
+  # What the previous version wrote: the ids were always the constants 0/1/2.
+  old_json = json.dumps({"kind": "sentencepiece", "vocab_size": 320, "pad_id": 0, "bos_id": 1,
+                         "eos_id": 2}, indent=2)
+  old, new = tmp_path / "old", tmp_path / "new"
+  old.mkdir()
+  (old / tokenizer_lib.MODEL_FILE).write_bytes(sp_tok.model_proto)
+  (old / tokenizer_lib.CONFIG_FILE).write_text(old_json)
+  loaded = load_tokenizer(str(old))
+  assert (loaded.pad_id, loaded.bos_id, loaded.eos_id, loaded.unk_id) == (0, 1, 2, 3)
+  assert loaded.encode(TRICKY[0]) == sp_tok.encode(TRICKY[0])
+  loaded.save(str(new))
+  assert (new / tokenizer_lib.CONFIG_FILE).read_text() == old_json
+  ByteTokenizer().save(str(new))
+  assert json.loads((new / tokenizer_lib.CONFIG_FILE).read_text()) == {
+      "kind": "byte", "vocab_size": 260, "pad_id": 0, "bos_id": 1, "eos_id": 2}

@@ -176,3 +176,36 @@ def test_bad_inputs_fail_before_compiling():
     encoder.init_cache(1, 8)
   with pytest.raises(ValueError, match="max_seq_len=16"):
     LanguageModel(_config("encoder_decoder", "learned")).init_cache(1, 32)
+
+
+# The options Hugging Face architectures need (BERT: post-norm, embedding norm, token types,
+# exact GELU; T5: unscaled attention) on the shared layers: counted right, sharded == unsharded.
+HF_STYLE = {
+    "bert": dict(architecture="encoder", position="learned", norm="layernorm",
+                 norm_position="post", embedding_norm=True, type_vocab_size=2, mlp="gelu",
+                 gelu_approximate=False, use_bias=True, num_kv_heads=None),
+    "t5": dict(architecture="encoder_decoder", position="t5_relative", norm="rmsnorm",
+               mlp="geglu", attention_scale=1.0, num_kv_heads=None, tie_embeddings=False),
+}
+
+
+@pytest.mark.parametrize("style", list(HF_STYLE))
+def test_hf_style_options(style):
+  options = dict(HF_STYLE[style])
+  cfg = _config(options.pop("architecture"), options.pop("position"), **options)
+  lm = LanguageModel(cfg)
+  params = lm.init(jax.random.PRNGKey(0), seq_len=T)
+  assert sum(x.size for x in jax.tree.leaves(params)) == lm.num_params()
+  if style == "bert":
+    assert "final_norm" not in params and "embed_norm" in params
+  batch = _batch(cfg.architecture)
+  if style == "bert":
+    batch = {k: v for k, v in batch.items() if k in ("inputs", "segment_ids", "positions")}
+  logits = np.asarray(jax.jit(lambda p, b: lm.apply(p, b)[0])(params, batch))
+  mesh, rules = make_mesh({"fsdp": 2, "tensor": 4}), get_rules("fsdp_tp")
+  shardings = partition.param_shardings(lm, mesh, rules)
+  sharded = jax.device_put(params, shardings)
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+    got = jax.jit(lambda p, b: lm.apply(p, b)[0])(sharded, jax.device_put(
+        batch, partition.data_sharding(mesh)))
+  np.testing.assert_allclose(np.asarray(got), logits, rtol=1e-5, atol=1e-5)

@@ -207,9 +207,9 @@ def test_load_encdec_and_cli_beam(encdec, tmp_path, capsys):
   loaded = load(str(tmp_path))
   assert loaded.config == model.config and loaded.sampler.num_sentinels == NUM_SENTINELS
   enc = loaded.sampler.encode_prompts(["a"])[0]
-  logits = loaded.logits(enc, decoder_ids=[TOK.bos_id, 10])
+  logits = loaded.logits(enc, decoder_input_ids=[TOK.bos_id, 10])
   np.testing.assert_allclose(logits, forward(enc, [TOK.bos_id, 10] + [0] * 14)[:2], atol=1e-5)
-  with pytest.raises(ValueError, match="need decoder_ids"):
+  with pytest.raises(ValueError, match="need decoder_input_ids"):
     loaded.logits(enc)
   expected = sampler.generate(["a"], num_beams=3, max_new_tokens=4, num_samples=2)
   capsys.readouterr()
@@ -235,5 +235,5 @@ def test_decoder_loaded_model_and_cli_beam(decoder, tmp_path, capsys):
   assert sample.main([f"--workdir={tmp_path}", "--prompt=def ", "--num_beams=2",
                       "--num_samples=3"]) == 2
   assert "raise num_beams" in capsys.readouterr().err
-  with pytest.raises(ValueError, match="decoder_ids is for encoder_decoder"):
-    loaded.logits([1, 5], decoder_ids=[1])
+  with pytest.raises(ValueError, match="decoder_input_ids is for encoder_decoder"):
+    loaded.logits([1, 5], decoder_input_ids=[1])
