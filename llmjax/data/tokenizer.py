@@ -74,9 +74,7 @@ class ByteTokenizer:
 
   def save(self, directory: str) -> None:
     """Writes tokenizer.json into directory."""
-    _write_config(directory, {"kind": self.kind, "vocab_size": self.vocab_size,
-                              "pad_id": self.pad_id, "bos_id": self.bos_id,
-                              "eos_id": self.eos_id})
+    _write_config(directory, self)
 
 
 class SentencePieceTokenizer:
@@ -186,9 +184,7 @@ class SentencePieceTokenizer:
     """Writes tokenizer.json (with the ids in use) and tokenizer.model into directory."""
     os.makedirs(directory, exist_ok=True)
     _atomic_write(os.path.join(directory, MODEL_FILE), self.model_proto)
-    _write_config(directory, {"kind": self.kind, "vocab_size": self.vocab_size,
-                              "pad_id": self.pad_id, "bos_id": self.bos_id,
-                              "eos_id": self.eos_id})
+    _write_config(directory, self)
 
 
 class IdTokenizer:
@@ -222,9 +218,7 @@ class IdTokenizer:
 
   def save(self, directory: str) -> None:
     """Writes tokenizer.json into directory."""
-    _write_config(directory, {"kind": self.kind, "vocab_size": self.vocab_size,
-                              "pad_id": self.pad_id, "bos_id": self.bos_id,
-                              "eos_id": self.eos_id})
+    _write_config(directory, self)
 
 
 def load_tokenizer(directory: str) -> ByteTokenizer | SentencePieceTokenizer | IdTokenizer:
@@ -280,7 +274,10 @@ def _resolve_id(name: str, override: int | None, proto_id: int, vocab_size: int)
   return value
 
 
-def _write_config(directory: str, config: dict) -> None:
+def _write_config(directory: str, tok: Tokenizer) -> None:
+  """tokenizer.json: the kind, vocabulary size and the special ids in use."""
+  config = {"kind": tok.kind, "vocab_size": tok.vocab_size, "pad_id": tok.pad_id,
+            "bos_id": tok.bos_id, "eos_id": tok.eos_id}
   os.makedirs(directory, exist_ok=True)
   _atomic_write(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2).encode())
 

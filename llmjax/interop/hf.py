@@ -123,8 +123,8 @@ def plan_tensors(folder: SafetensorsFolder, config: ModelConfig, module: ModuleT
                            f"{folder.dtype(found)}; llmjax reads float32/bfloat16/float16.")
         resolved[name] = found
   duplicates = {d: c for d, c in module.duplicates(config).items() if resolve(d)}
-  ignored = [re.compile(p) for p in
-             (*module.IGNORED, *getattr(module, "UNUSED", ()))]
+  unused_patterns = [re.compile(p) for p in getattr(module, "UNUSED", ())]
+  ignored = [re.compile(p) for p in module.IGNORED] + unused_patterns
   used = set(resolved.values()) | {resolve(d) for d in duplicates}
   unmapped = sorted(n for n in names - used if not any(p.fullmatch(n) for p in ignored))
   if unmapped:
@@ -139,7 +139,6 @@ def plan_tensors(folder: SafetensorsFolder, config: ModelConfig, module: ModuleT
                        "should repeat (a tied head): llmjax cannot represent an untied copy for "
                        "this config (set tie_word_embeddings=false in config.json if it is "
                        "really untied).")
-  unused_patterns = [re.compile(p) for p in getattr(module, "UNUSED", ())]
   unused = tuple(sorted(n for n in names - used if any(p.fullmatch(n) for p in unused_patterns)))
   return TensorPlan(resolved, unused)
 
@@ -159,10 +158,11 @@ def _abstract_params(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
   return traverse_util.flatten_dict(jax.eval_shape(lm.init, jax.random.PRNGKey(0)), sep="/")
 
 
-def _shardings(config: ModelConfig, mesh: jax.sharding.Mesh | None, rules: str) -> dict:
+def _shardings(config: ModelConfig, paths: Any, mesh: jax.sharding.Mesh | None,
+               rules: str) -> dict:
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return dict.fromkeys(_abstract_params(config), device)
+    return dict.fromkeys(paths, device)
   from llmjax.models.interface import LanguageModel
   from llmjax.sharding import partition
   from llmjax.sharding.rules import get_rules
@@ -180,7 +180,7 @@ def read_params(folder: SafetensorsFolder, config: ModelConfig, module: ModuleTy
   placed with `jax.make_array_from_callback`, so each device receives only its own shard.
   """
   abstract = _abstract_params(config)
-  shardings = _shardings(config, mesh, rules)
+  shardings = _shardings(config, abstract, mesh, rules)
   placed: dict[str, jax.Array] = {}
   for rule in module.rules(config):
     host: dict[str, np.ndarray] = {}

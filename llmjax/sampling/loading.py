@@ -110,13 +110,17 @@ class LoadedModel:
     """Sampler.generate: max_new_tokens, temperature, top_k, top_p, seed, num_samples,
     num_beams, length_penalty. encoder_decoder: each prompt is the encoder input."""
     if self.sampler is None:
-      if self.config.is_classifier:
-        raise ValueError("this is a classifier (encoder with num_classes): it does not generate "
-                         "text; use LoadedModel.logits(token_ids) for class logits.")
-      raise ValueError("an encoder-only (MLM) model does not generate text: use "
-                       "LoadedModel.fill_mask(texts) or `llmjax sample --mode=fill_mask "
-                       "--prompt='... [MASK] ...'`.")
+      self._no_sampler()
     return self.sampler.generate(prompts, **sampling_kwargs)
+
+  def _no_sampler(self) -> None:
+    """Raises the explanation of why an encoder-only model does not generate."""
+    if self.config.is_classifier:
+      raise ValueError("this is a classifier (encoder with num_classes): it does not generate "
+                       "text; use LoadedModel.logits(token_ids) for class logits.")
+    raise ValueError("an encoder-only (MLM) model does not generate text: use "
+                     "LoadedModel.fill_mask(texts) or `llmjax sample --mode=fill_mask "
+                     "--prompt='... [MASK] ...'`.")
 
   def generate_ids(self, token_ids: Sequence[Sequence[int]], **sampling_kwargs: Any
                    ) -> list[list[int]]:
@@ -128,7 +132,7 @@ class LoadedModel:
     temperature (0 = greedy), top_k, top_p, seed.
     """
     if self.sampler is None:
-      return self.generate([])  # Raises the family's explanation.
+      self._no_sampler()
     rows = [list(map(int, row)) for row in token_ids]
     for row in rows:
       self._check_ids(row, "token_ids")
