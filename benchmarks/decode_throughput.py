@@ -6,8 +6,9 @@
 
 The model comes from gin exactly as in `llmjax train` (random-init params, random prompt ids);
 decoding is the library's own compiled path, `llmjax.sampling.decoding.generate` (the loop the
-Sampler also runs) over the model's `decoding_logits_fn` and `decoding_params` (unrolled layers,
-as the Sampler decodes), greedy with eos_id=None, so every row generates exactly new_tokens.
+Sampler also runs) over the model's `decoding_logits_fn`, `decoding_params` and `decoding_cache`
+(unrolled layers, per-layer cache, as the Sampler decodes), greedy with eos_id=None, so every
+row generates exactly new_tokens.
 
 Reported (the last line of stdout is one JSON object):
 - tokens_per_sec: batch * new_tokens / wall time of one whole `generate` call (prefill +
@@ -155,7 +156,8 @@ def main(argv: list[str], outputs: dict[str, Any] | None = None) -> dict[str, An
   def run(max_new_tokens: int,
           timer: CompileTimer | None = None) -> tuple[float, float, decoding.DecodeOutput]:
     # A fresh all-zero cache per call, made outside the timed region (as a caller would).
-    cache = jax.block_until_ready(lm.init_cache(batch, prompt_len + max_new_tokens))
+    cache = jax.block_until_ready(
+        lm.decoding_cache(lm.init_cache(batch, prompt_len + max_new_tokens)))
     with timer or CompileTimer():
       return _timed(lambda: decoding.generate(
           lm.decoding_logits_fn, decode_params, prompt, lengths, cache, key,

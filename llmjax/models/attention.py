@@ -13,6 +13,10 @@ ever fully masked and no NaN appears. With a cache, each token's k/v are first w
 `positions[b, t]` of its row, then a query at position p attends to slots j <= p.
 Cross-attention reads keys/values computed from the encoder output (or precomputed once into
 the cache for decoding) and never applies rotary angles: the two streams share no positions.
+
+Cached keys/values are kv-head-major, [b, g, s, k]: the layout the attention's batched matmuls
+(batch b, g; contract k, then s) read as they are. A [b, s, g, k] cache cost a transposed copy
+of every layer's cache at every decode step (benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from llmjax.models.position import apply_rope
 from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
 
-LayerCache = dict[str, jax.Array]  # {"k": [b, s, g, k], "v": [b, s, g, k]}
+LayerCache = dict[str, jax.Array]  # {"k": [b, g, s, k], "v": [b, g, s, k]}
 
 
 def _window(offset: jax.Array, window: int | None, causal: bool) -> jax.Array | bool:
@@ -63,23 +67,52 @@ def make_cross_mask(segment_ids: jax.Array, encoder_segment_ids: jax.Array) -> j
 
 
 def write_cache(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
-  """Scatters new [b, t, g, k] into cache [b, s, g, k] at slots positions[b, t]."""
+  """Scatters new [b, t, g, k] into cache [b, g, s, k] at slots positions[b, t]."""
   rows = jnp.broadcast_to(jnp.arange(new.shape[0])[:, None], positions.shape)
-  return cache.at[rows, positions].set(new.astype(cache.dtype), mode="drop")
+  # Advanced indices split by a slice index [b, t, g, k]: the layout of `new`.
+  return cache.at[rows, :, positions].set(new.astype(cache.dtype), mode="drop")
+
+
+@jax.custom_vjp
+def softmax(x: jax.Array) -> jax.Array:
+  """`jax.nn.softmax` over the last axis, with a backward pass that sums rows with a matmul.
+
+  The backward needs sum(g * y) per row; XLA:CPU gives that reduction to a library fusion that
+  took 1.2-1.4 ms per layer for a [12, 4, 64, 64] score tensor, a tenth of a GPT-small-CPU
+  training step (benchmarks/NOTES.md); as a matrix-vector product it is ~40 us.
+  """
+  return jax.nn.softmax(x, axis=-1)
+
+
+def _softmax_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  y = softmax(x)
+  return y, y
+
+
+def _softmax_bwd(y: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+  gy = g * y
+  ones = jnp.ones((y.shape[-1], 1), y.dtype)
+  row_sums = (gy.reshape(-1, y.shape[-1]) @ ones).reshape(*y.shape[:-1], 1)
+  return (gy - y * row_sums,)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 def einsum_attention(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None,
-                     mask: jax.Array, scale: float | None = None) -> jax.Array:
+                     mask: jax.Array, scale: float | None = None,
+                     heads_major: bool = False) -> jax.Array:
   """Softmax attention as two einsums, grouped by kv head; the math of
   `jax.nn.dot_product_attention` (scale default 1/sqrt(k), softmax in float32).
 
   On CPU this runs the backward pass about twice as fast as jax's XLA implementation, whose
   [b, t, h, k] -> [b, h, t, k] transposes and reductions dominate at small widths
-  (benchmarks/NOTES.md). q: [b, t, h, k]; key/value: [b, s, g, k]; bias/mask broadcastable to
-  [b, h, t, s]. Returns [b, t, h, k].
+  (benchmarks/NOTES.md). q: [b, t, h, k]; key/value: [b, s, g, k], or [b, g, s, k] with
+  `heads_major` (a cache); bias/mask broadcastable to [b, h, t, s]. Returns [b, t, h, k].
   """
   b, t, h, k = q.shape
-  g = key.shape[2]
+  g = key.shape[1 if heads_major else 2]
+  kv = "bgsk" if heads_major else "bsgk"
   r = h // g
 
   def grouped(x: jax.Array) -> jax.Array:  # [B, h or 1, t, s] -> [B, g or 1, r or 1, t, s]
@@ -89,23 +122,72 @@ def einsum_attention(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.A
 
   scale = k ** -0.5 if scale is None else scale
   q = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, g, r, k)
-  scores = jnp.einsum("btgrk,bsgk->bgrts", q, key, preferred_element_type=jnp.float32)
+  scores = jnp.einsum(f"btgrk,{kv}->bgrts", q, key, preferred_element_type=jnp.float32)
   if bias is not None:
     scores = scores + grouped(bias).astype(jnp.float32)
   scores = jnp.where(grouped(mask), scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-  return jnp.einsum("bgrts,bsgk->btgrk", probs, value).reshape(b, t, h, k)
+  probs = softmax(scores).astype(value.dtype)
+  return jnp.einsum(f"bgrts,{kv}->btgrk", probs, value).reshape(b, t, h, k)
+
+
+def einsum_step_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, k_old: jax.Array,
+                          v_old: jax.Array, bias: jax.Array | None, mask: jax.Array,
+                          positions: jax.Array, scale: float | None = None) -> jax.Array:
+  """One new token per row attending to the cache as it was BEFORE this token's write, plus
+  the token itself: the result of writing k_new/v_new at `positions` and then running
+  `einsum_attention` over the cache, without any matmul reading the freshly written cache.
+
+  Why: at batch 1, XLA:CPU turns the cache write into a dynamic-update-slice, fuses it into the
+  attention matmuls' operands and copies (transposes) every layer's cache at every step (a
+  fifth of a batch-1 decode step, benchmarks/NOTES.md); matmuls reading the loop's own cache
+  buffer avoid that (the caller orders the write after them).
+
+  q: [b, 1, h, k]; k_new/v_new: [b, 1, g, k]; k_old/v_old: [b, g, s, k]; mask (slots <=
+  position) and bias broadcastable to [b, h, 1, s]; positions: [b, 1]. Returns [b, 1, h, k].
+  """
+  b, _, h, k = q.shape
+  g, slots = k_old.shape[1], k_old.shape[2]
+  r = h // g
+
+  def grouped(x: jax.Array) -> jax.Array:  # [B, h or 1, 1, s] -> [B, g or 1, r or 1, s]
+    x = x[:, :, 0]
+    return x[:, :, None] if x.shape[1] == 1 else x.reshape(x.shape[0], g, r, slots)
+
+  scale = k ** -0.5 if scale is None else scale
+  q = (q * jnp.asarray(scale, q.dtype)).reshape(b, g, r, k)
+  scores = jnp.einsum("bgrk,bgsk->bgrs", q, k_old, preferred_element_type=jnp.float32)
+  own = jnp.einsum("bgrk,bgk->bgr", q, k_new[:, 0].astype(q.dtype),
+                   preferred_element_type=jnp.float32)
+  is_own = (jnp.arange(slots) == positions)[:, None, None, :]  # [b, 1, 1, s]
+  scores = jnp.where(is_own, own[..., None], scores)  # The stale slot gets the new key's score.
+  if bias is not None:
+    scores = scores + grouped(bias).astype(jnp.float32)
+  scores = jnp.where(grouped(mask), scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  own_prob = jnp.sum(jnp.where(is_own, probs, 0.0), axis=-1, keepdims=True)  # [b, g, r, 1]
+  probs = jnp.where(is_own, 0.0, probs).astype(v_old.dtype)
+  out = jnp.einsum("bgrs,bgsk->bgrk", probs, v_old)
+  out = out + own_prob.astype(out.dtype) * v_new[:, 0, :, None].astype(out.dtype)
+  return out.reshape(b, 1, h, k)
+
+
+def _uses_einsum(implementation: str | None) -> bool:
+  return implementation == "einsum" or (implementation is None
+                                        and jax.default_backend() == "cpu")
 
 
 def attend(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None,
            mask: jax.Array, implementation: str | None = None,
-           scale: float | None = None) -> jax.Array:
+           scale: float | None = None, heads_major: bool = False) -> jax.Array:
   """[b, t, h, k] attention output: `einsum_attention` when `implementation` is 'einsum' (or
   None on CPU), else `jax.nn.dot_product_attention` with that implementation (None lets GPUs
   pick cuDNN's fused kernel; biases go through its `bias` argument, so they keep it).
-  `scale` multiplies the query-key products (None: 1/sqrt(k))."""
-  if implementation == "einsum" or (implementation is None and jax.default_backend() == "cpu"):
-    return einsum_attention(q, key, value, bias, mask, scale)
+  `scale` multiplies the query-key products (None: 1/sqrt(k)); `heads_major`: key/value are
+  [b, g, s, k] (a cache) instead of [b, s, g, k]."""
+  if _uses_einsum(implementation):
+    return einsum_attention(q, key, value, bias, mask, scale, heads_major)
+  if heads_major:
+    key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
   if bias is not None:
     bias = bias.astype(q.dtype)
   return jax.nn.dot_product_attention(q, key, value, bias=bias, mask=mask, scale=scale,
@@ -147,8 +229,8 @@ class Attention(nn.Module):
       positions: [b, t] int positions (rotary angles; cache slots).
       mask: bool, broadcastable to [b, h, t, s] (see the make_*_mask functions).
       bias: additive position bias broadcastable to [b, h, t, s], or None.
-      cache: self-attention: this layer's {"k", "v"} [b, s, g, k], written at `positions`;
-        cross-attention: the precomputed encoder {"k", "v"} [b, s, g, k], read only.
+      cache: self-attention: this layer's {"k", "v"} [b, g, s, k], written at `positions`;
+        cross-attention: the precomputed encoder {"k", "v"} [b, g, s, k], read only.
       kv_input: cross-attention without a cache: the [b, s, d] encoder output.
 
     Returns:
@@ -172,6 +254,8 @@ class Attention(nn.Module):
     # Keys and values span the whole length: under sequence parallelism every query shard
     # attends to all of them, so they are gathered here (act_kv_length is never split).
     kv_axes = (axes.ACT_BATCH, axes.ACT_KV_LENGTH, axes.ACT_KV_HEADS, axes.ACT_HEAD_DIM)
+    if cache is not None:
+      kv_axes = (axes.ACT_BATCH, axes.ACT_KV_HEADS, axes.ACT_KV_LENGTH, axes.ACT_HEAD_DIM)
     new_cache = None
     if self.cross and cache is not None:
       key, value = cache["k"], cache["v"]  # Precomputed once from the encoder output.
@@ -189,14 +273,26 @@ class Attention(nn.Module):
       q = apply_rope(q, positions, cfg.rope_theta)
       key = apply_rope(key, positions, cfg.rope_theta)
     q = constrain(q, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_HEAD_DIM))
+    out = None
     if cache is not None and not self.cross:
+      if x.shape[:2] == (1, 1) and _uses_einsum(cfg.attention_impl):
+        # A batch-1 decode step on CPU: attend first, then write (see einsum_step_attention).
+        # Larger batches write with a scatter the matmuls read in place: 3% faster there.
+        out = einsum_step_attention(q, key, value, cache["k"].astype(q.dtype),
+                                    cache["v"].astype(q.dtype), bias, mask, positions,
+                                    cfg.attention_scale)
+        # The write must come after every read of the old cache, or XLA copies the whole cache
+        # to keep the old one readable (0.8 ms of a 7 ms batch-1 step). Making the slot depend
+        # on the output orders it: +1 only in a row whose output is already NaN.
+        first = out[:, :, 0, 0]  # [b, 1]
+        positions = positions + (first != first).astype(positions.dtype)
       new_cache = {"k": write_cache(cache["k"], key, positions),
                    "v": write_cache(cache["v"], value, positions)}
-      key, value = new_cache["k"], new_cache["v"]  # [b, s, g, k]
-    key, value = constrain(key, kv_axes), constrain(value, kv_axes)
-
-    out = attend(q, key.astype(q.dtype), value.astype(q.dtype), bias, mask, cfg.attention_impl,
-                 cfg.attention_scale)
+      key, value = new_cache["k"], new_cache["v"]  # [b, g, s, k]
+    if out is None:
+      key, value = constrain(key, kv_axes), constrain(value, kv_axes)
+      out = attend(q, key.astype(q.dtype), value.astype(q.dtype), bias, mask,
+                   cfg.attention_impl, cfg.attention_scale, heads_major=cache is not None)
     out = constrain(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_HEAD_DIM))
     y = linear(out, wo, 2)
     if cfg.use_bias:

@@ -3,7 +3,7 @@ blocks cross-attend to the encoder output, sharing one token embedding.
 
 For generation the encoder runs once: `cross_kv` projects its output into every decoder
 layer's cross-attention keys/values, which the decode cache then carries as read-only leaves
-({"cross_k", "cross_v"} [l, b, s_enc, g, k], plus "encoder_mask" [1, b, s_enc]; every leaf
+({"cross_k", "cross_v"} [l, b, g, s_enc, k], plus "encoder_mask" [1, b, s_enc]; every leaf
 has the batch at axis 1, so beam search reorders any cache by gathering that axis).
 """
 
@@ -132,7 +132,7 @@ def cross_kv(params: Any, encoded: jax.Array, config: ModelConfig) -> dict[str, 
     config: the model config.
 
   Returns:
-    {"cross_k", "cross_v"}: [l, b, s, g, k] in the compute dtype.
+    {"cross_k", "cross_v"}: [l, b, g, s, k] in the compute dtype.
   """
   decoder = params["decoder"]
   if config.scan_layers:
@@ -147,13 +147,13 @@ def cross_kv(params: Any, encoded: jax.Array, config: ModelConfig) -> dict[str, 
   def project(p: dict, name: str) -> jax.Array:
     kernel = p[name].astype(dtype)
     if stacked:  # [l, d, g, k]
-      out = jnp.einsum("bsd,ldgk->lbsgk", x, kernel)
+      out = jnp.einsum("bsd,ldgk->lbgsk", x, kernel)
       if config.use_bias:
-        out = out + p[f"{name}_bias"].astype(dtype)[:, None, None]
+        out = out + p[f"{name}_bias"].astype(dtype)[:, None, :, None]
       return out
-    out = jnp.einsum("bsd,dgk->bsgk", x, kernel)
+    out = jnp.einsum("bsd,dgk->bgsk", x, kernel)
     if config.use_bias:
-      out = out + p[f"{name}_bias"].astype(dtype)
+      out = out + p[f"{name}_bias"].astype(dtype)[:, None]
     return out[None]
 
   return {"cross_k": jnp.concatenate([project(p, "key") for p in layers]),

@@ -33,7 +33,7 @@ from llmjax.models.encoder_decoder import EncoderDecoder, cross_kv
 from llmjax.models.heads import classification_head_num_params, mlm_transform_num_params
 from llmjax.models.mlp import GATED, mlp_num_params
 from llmjax.models.norms import norm_num_params
-from llmjax.models.stack import Cache
+from llmjax.models.stack import Cache, split_cache
 from llmjax.models.transformer import DecoderOnly
 from llmjax.training.losses import cross_entropy_with_z_loss, token_log_likelihood
 
@@ -226,10 +226,20 @@ class LanguageModel:
       return params
     return _unstack_layers(params)
 
+  def decoding_cache(self, cache: Cache) -> Cache:
+    """`cache` (from init_cache / encode_for_decoding) laid out for `decoding_logits_fn`: each
+    per-layer [l, b, ...] entry split into a tuple of l one-layer [1, b, ...] arrays.
+
+    A decode loop then updates every layer's cache in place; writing layer i back into a
+    stacked array copied it at every step (a third of a batch-8 CPU decode step,
+    benchmarks/NOTES.md). Leaves keep the batch at axis 1, so beam search reorders it as is.
+    """
+    return split_cache(cache)
+
   def decoding_logits_fn(self, decoding_params: Any, tokens: jax.Array, positions: jax.Array,
                          cache: Cache | None) -> tuple[jax.Array, Cache | None]:
-    """`logits_fn` over `decoding_params(params)`: the same logits, computed by the unrolled
-    twin of this model."""
+    """`logits_fn` over `decoding_params(params)` and a `decoding_cache`: the same logits,
+    computed by the unrolled twin of this model (it also takes a stacked cache)."""
     if not self.config.scan_layers:
       return self.logits_fn(decoding_params, tokens, positions, cache)
     return self._unrolled.logits_fn(decoding_params, tokens, positions, cache)
@@ -239,13 +249,13 @@ class LanguageModel:
     return LanguageModel(self.config.replace(scan_layers=False))
 
   def init_cache(self, batch_size: int, max_len: int) -> Cache:
-    """An all-zero self-attention cache {"k", "v"} [l, b, max_len, g, k] (compute dtype)."""
+    """An all-zero self-attention cache {"k", "v"} [l, b, g, max_len, k] (compute dtype)."""
     if not self.can_decode:
       raise ValueError("an encoder-only model has no KV cache: it does not decode.")
     self._check_length(max_len)
     cfg = self.config
     layers = cfg.decoder_layers if self.is_encoder_decoder else cfg.num_layers
-    shape = (layers, batch_size, max_len, cfg.kv_heads, cfg.dim_per_head)
+    shape = (layers, batch_size, cfg.kv_heads, max_len, cfg.dim_per_head)
     return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
 
   def encode_for_decoding(self, params: Any, encoder_tokens: jax.Array,
@@ -259,7 +269,7 @@ class LanguageModel:
       max_len: decoder cache slots per row.
 
     Returns:
-      {"k", "v"} [l, b, max_len, g, k] zeros, {"cross_k", "cross_v"} [l, b, s, g, k] and
+      {"k", "v"} [l, b, g, max_len, k] zeros, {"cross_k", "cross_v"} [l, b, g, s, k] and
       "encoder_mask" [1, b, s] (int32, 1 = real token).
     """
     if not self.is_encoder_decoder:

@@ -2,8 +2,11 @@
 
 Scanned, every parameter gets a leading LAYERS axis ([l, ...]) and the block is compiled once;
 unrolled (`scan_layers=False`), each layer has its own `layers_<i>` subtree. The KV cache
-`{"k": [l, b, s, g, k], "v": ...}` (plus "cross_k"/"cross_v" for a decoder with
-cross-attention) is split per layer the same way (scan xs/ys, or indexing).
+`{"k": [l, b, g, s, k], "v": ...}` (plus "cross_k"/"cross_v" for a decoder with
+cross-attention) is split per layer the same way (scan xs/ys, or indexing). The unrolled stack
+also takes the decode loop's split cache (`split_cache`): each of those entries a tuple of l
+one-layer [1, b, ...] arrays, which a while loop updates in place; slicing layer i out of a
+stacked array and writing it back copied the whole cache at every step.
 
 The stack builds the attention mask and the position bias ONCE per forward pass and hands
 them to every layer: a T5 relative-position table belongs to the stack (shared by its layers,
@@ -25,6 +28,43 @@ from llmjax.models.position import RelativePositionBias, alibi_bias
 from llmjax.sharding import axes
 
 Cache = dict[str, jax.Array]
+# Cache entries that hold one slice per layer (the rest, e.g. "encoder_mask", are shared).
+LAYER_KEYS = ("k", "v", "cross_k", "cross_v")
+
+
+def split_cache(cache: Cache) -> Cache:
+  """The per-layer entries of a stacked cache as tuples of one-layer [1, b, ...] arrays (the
+  batch stays at axis 1, as beam search needs); other entries unchanged."""
+  return {name: tuple(jnp.split(c, c.shape[0])) if name in LAYER_KEYS else c
+          for name, c in cache.items()}
+
+
+def is_split(cache: Cache) -> bool:
+  """Whether `cache` has the per-layer tuples of `split_cache`."""
+  return isinstance(cache.get("k"), tuple)
+
+
+def cache_slots(cache: Cache) -> int:
+  """Slots per row (s) of a stacked or split self-attention cache ([.., b, g, s, k])."""
+  k = cache["k"][0] if is_split(cache) else cache["k"]
+  return k.shape[3]
+
+
+def _layer_cache(cache: Cache, i: int) -> Cache:
+  if is_split(cache):
+    return {name: cache[name][i][0] for name in LAYER_KEYS if name in cache}
+  return {name: cache[name][i] for name in LAYER_KEYS if name in cache}
+
+
+def _write_layer(cache: Cache, i: int, new: Cache) -> Cache:
+  out = dict(cache)
+  for name, value in new.items():
+    if is_split(cache):
+      out[name] = cache[name][:i] + (value[None],) + cache[name][i + 1:]
+    else:
+      # Slice by slice (in place in a decode loop), not re-stacked (a copy of the whole cache).
+      out[name] = cache[name].at[i].set(value)
+  return out
 
 REMAT_POLICIES: dict[str, Callable | None] = {
     "full": None,  # Save nothing: recompute the whole block in the backward pass.
@@ -83,7 +123,7 @@ class TransformerStack(nn.Module):
     else:
       if not self.causal:
         raise ValueError("a KV cache only serves causal (decoder) stacks.")
-      length = cache["k"].shape[2]  # [l, b, s, g, k]
+      length = cache_slots(cache)
       mask = make_cache_mask(positions, length, window=cfg.sliding_window)
       key_positions = jnp.arange(length, dtype=positions.dtype)[None]  # Slot j holds position j.
     if cfg.position == "t5_relative":
@@ -114,6 +154,9 @@ class TransformerStack(nn.Module):
     mask, bias = self._mask_and_bias(positions, segment_ids, cache)
     block = block_class(cfg)
     if cfg.scan_layers:
+      if cache is not None and is_split(cache):
+        raise ValueError("a split cache (LanguageModel.decoding_cache) serves the unrolled "
+                         "layers of decoding_logits_fn; pass the stacked cache to logits_fn.")
       scanned = nn.scan(
           block,
           variable_axes={"params": 0},
@@ -127,11 +170,9 @@ class TransformerStack(nn.Module):
           x, cache, positions, mask, bias, encoded, cross_mask)
 
     for i in range(self.num_layers):
-      layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
+      layer_cache = None if cache is None else _layer_cache(cache, i)
       x, layer_cache = block(cfg, self.deterministic, self.cross, name=f"layers_{i}")(
           x, layer_cache, positions, mask, bias, encoded, cross_mask)
       if cache is not None:
-        # Written back slice by slice (in place in a decode loop), not re-stacked (a copy of
-        # the whole cache per step).
-        cache = jax.tree.map(lambda c, new, i=i: c.at[i].set(new), cache, layer_cache)
+        cache = _write_layer(cache, i, layer_cache)
     return x, cache

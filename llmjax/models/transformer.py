@@ -42,7 +42,7 @@ class DecoderOnly(nn.Module):
       tokens: [b, t] int token ids.
       positions: [b, t] positions within each document (default arange(t)).
       segment_ids: [b, t] packed-document ids, 0 = padding (default all ones).
-      cache: {"k", "v"} of shape [l, b, s, g, k] for decoding, or None.
+      cache: {"k", "v"} of shape [l, b, g, s, k] for decoding, or None.
       deterministic: disables dropout.
 
     Returns:

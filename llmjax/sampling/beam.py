@@ -5,7 +5,9 @@ Same model contract as decoding.py:
 CACHE LAYOUT RULE: every cache leaf has the batch dimension at axis 1. Leaf names and the other
 axes are never looked at, so any cache pytree works.
 
-1. prefill the right-padded prompt [b, P] once per batch row, with the caller's batch-b cache;
+1. prefill the right-padded prompt [b, P] once per batch row, with the caller's batch-b cache,
+   for the cache only; then feed each row's last prompt token again at its own slot for the
+   first log-probs (so logits_fn must tolerate a rewrite of a slot, as in decoding.py);
 2. expand the cache (repeat each row num_beams times along axis 1) and the last-token log-probs
    to b * num_beams rows (row r = batch_row * num_beams + beam);
 3. a `lax.while_loop`: each step scores the top 2 * num_beams (beam, token) extensions per row
@@ -149,8 +151,14 @@ def beam_search(logits_fn: LogitsFn, params: Any, prompt_tokens: jax.Array,
   prompt_tokens = prompt_tokens.astype(jnp.int32)
   prompt_lengths = prompt_lengths.astype(jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(padded_len, dtype=jnp.int32), (batch, padded_len))
-  logits, cache = logits_fn(params, prompt_tokens, positions, cache)  # Prefill per row, not beam.
-  last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]  # [b, v]
+  # Prefill per row (not per beam), kept for its cache only: XLA drops its [b, P, v] logits.
+  _, cache = logits_fn(params, prompt_tokens, positions, cache)
+  # The last prompt token again at its own slot (rewriting what the prefill wrote there): the
+  # first log-probs come from a [b, 1, v] projection, as in decoding.py.
+  last_pos = (prompt_lengths - 1)[:, None]
+  last_token = jnp.take_along_axis(prompt_tokens, last_pos, axis=1)
+  logits, cache = logits_fn(params, last_token, last_pos, cache)
+  last = logits[:, 0]  # [b, v]
   vocab = last.shape[-1]
   if 2 * k > k * vocab:
     raise ValueError(f"beam search needs a vocabulary of >= 2 ids, got {vocab}.")

@@ -1,10 +1,10 @@
 """KV-cache helpers for decoding: creation, length, logical axes and memory size.
 
 The model owns the cache layout (see llmjax/models): a dict
-`{"k": [l, b, s, g, k], "v": [l, b, s, g, k]}` in the compute dtype, where each token's keys
+`{"k": [l, b, g, s, k], "v": [l, b, g, s, k]}` in the compute dtype, where each token's keys
 and values are written at slot `positions[b, t]` of its row. An encoder_decoder model's cache
 (`LanguageModel.encode_for_decoding`) adds the encoder's cross-attention "cross_k"/"cross_v"
-[l, b, s, g, k] and "encoder_mask" [1, b, s]; every leaf keeps the batch at axis 1, which beam
+[l, b, g, s, k] and "encoder_mask" [1, b, s]; every leaf keeps the batch at axis 1, which beam
 search relies on. This file only creates, inspects and measures caches of the self-attention
 layout; decoding (decoding.py, beam.py) treats the cache as an opaque pytree threaded through
 `logits_fn`.
@@ -20,18 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmjax.models.config import ModelConfig
+from llmjax.models.stack import cache_slots
 from llmjax.sharding import axes
 
 Cache = dict[str, jax.Array]
 
 # Logical axes of each cache array, for sharding the cache with the same rule sets as params.
-CACHE_LOGICAL_AXES = (axes.CACHE_LAYERS, axes.CACHE_BATCH, axes.CACHE_LENGTH,
-                      axes.CACHE_KV_HEADS, axes.CACHE_HEAD_DIM)
+CACHE_LOGICAL_AXES = (axes.CACHE_LAYERS, axes.CACHE_BATCH, axes.CACHE_KV_HEADS,
+                      axes.CACHE_LENGTH, axes.CACHE_HEAD_DIM)
 
 
 def cache_shape(config: ModelConfig, batch_size: int, max_len: int) -> tuple[int, ...]:
-  """Shape [l, b, s, g, k] of each of the cache's "k" and "v" arrays."""
-  return (config.num_layers, batch_size, max_len, config.kv_heads, config.dim_per_head)
+  """Shape [l, b, g, s, k] of each of the cache's "k" and "v" arrays."""
+  return (config.num_layers, batch_size, config.kv_heads, max_len, config.dim_per_head)
 
 
 def _check_sizes(batch_size: int, max_len: int, max_seq_len: int | None) -> None:
@@ -70,10 +71,11 @@ def init_cache(model: Any, batch_size: int, max_len: int) -> Any:
 
 
 def cache_length(cache: Any) -> int | None:
-  """Slots per row (s) of a contract-layout cache; None for any other pytree."""
-  if isinstance(cache, dict) and "k" in cache and getattr(cache["k"], "ndim", 0) == 5:
-    return int(cache["k"].shape[2])
-  return None
+  """Slots per row (s) of a contract-layout cache (stacked, or split per layer by
+  LanguageModel.decoding_cache); None for any other pytree."""
+  k = cache.get("k") if isinstance(cache, dict) else None
+  first = k[0] if isinstance(k, tuple) and k else k
+  return int(cache_slots(cache)) if getattr(first, "ndim", 0) == 5 else None
 
 
 def cache_logical_axes(cache: Any) -> Any:

@@ -58,8 +58,8 @@ class Sampler:
 
   Args:
     model: a LanguageModel (llmjax/models/interface.py): `.config`, `logits_fn`, `init_cache`
-      and, for encoder_decoder, `encode_for_decoding`; optionally `decoding_params` and
-      `decoding_logits_fn` (a faster parameter layout for the decode loop).
+      and, for encoder_decoder, `encode_for_decoding`; optionally `decoding_params`,
+      `decoding_cache` and `decoding_logits_fn` (faster layouts for the decode loop).
     params: its parameters.
     tokenizer: encode/decode/vocab_size/pad_id/bos_id/eos_id (llmjax/data/tokenizer.py).
     num_sentinels: encoder_decoder only: how many T5 sentinel ids (the top ids of the model
@@ -91,6 +91,7 @@ class Sampler:
     self.num_compilations = 0  # Traces of the decode programs (tests check bucketing with it).
     # A LanguageModel decodes over unrolled layers (decoding_params); other models as they are.
     self._decoding_params = getattr(model, "decoding_params", lambda params: params)
+    self._decoding_cache = getattr(model, "decoding_cache", lambda cache: cache)
     self._model_logits_fn = getattr(model, "decoding_logits_fn", model.logits_fn)
     self._decode = jax.jit(self._decode_impl,
                            static_argnames=("max_new_tokens", "strategy", "cache_len"))
@@ -115,10 +116,12 @@ class Sampler:
                   encoder_segment_ids: Any) -> Any:
     if self.is_encoder_decoder:
       # The encoder runs here, once per call; its keys/values become part of the cache.
-      return self.model.encode_for_decoding(params, encoder_tokens, encoder_segment_ids,
-                                            cache_len)
-    # Made inside the compiled program: no transfer, and XLA can reuse the memory.
-    return init_cache(self.model, batch, cache_len)
+      cache = self.model.encode_for_decoding(params, encoder_tokens, encoder_segment_ids,
+                                             cache_len)
+    else:
+      # Made inside the compiled program: no transfer, and XLA can reuse the memory.
+      cache = init_cache(self.model, batch, cache_len)
+    return self._decoding_cache(cache)
 
   def _decode_impl(self, params, tokens, lengths, rng, encoder_tokens, encoder_segment_ids, *,
                    max_new_tokens, strategy, cache_len):

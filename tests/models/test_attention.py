@@ -11,6 +11,7 @@ import pytest
 from llmjax.models.attention import (
   Attention,
   attend,
+  einsum_step_attention,
   make_cache_mask,
   make_segment_mask,
   write_cache,
@@ -107,10 +108,31 @@ def test_masks():
 
 
 def test_write_cache_scatters_per_row():
-  cache = jnp.zeros((2, 5, 1, 1))
-  new = jnp.array([[1.0, 2.0], [3.0, 4.0]])[:, :, None, None]
-  out = np.asarray(write_cache(cache, new, jnp.array([[0, 1], [3, 4]])))[..., 0, 0]
-  np.testing.assert_array_equal(out, [[1, 2, 0, 0, 0], [0, 0, 0, 3, 4]])
+  cache = jnp.zeros((2, 2, 5, 1))  # [b, g, s, k]
+  new = jnp.array([[1.0, 2.0], [3.0, 4.0]])[:, :, None, None] * jnp.array([1.0, 10.0])[:, None]
+  out = np.asarray(write_cache(cache, new, jnp.array([[0, 1], [3, 4]])))[..., 0]
+  np.testing.assert_array_equal(out[:, 0], [[1, 2, 0, 0, 0], [0, 0, 0, 3, 4]])
+  np.testing.assert_array_equal(out[:, 1], [[10, 20, 0, 0, 0], [0, 0, 0, 30, 40]])
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_step_attention_equals_write_then_attend(kv_heads, with_bias):
+  """The decode step that attends to the old cache plus the new token == writing the token
+  into the cache and attending over it, per row at its own position (stale slot included)."""
+  b, h, s, k = 3, 4, 8, 16
+  keys = jax.random.split(jax.random.PRNGKey(3), 7)
+  q = jax.random.normal(keys[0], (b, 1, h, k))
+  k_new, v_new = (jax.random.normal(keys[i], (b, 1, kv_heads, k)) for i in (1, 2))
+  # Old caches full of garbage, including the slot about to be overwritten and slots ahead.
+  k_old, v_old = (jax.random.normal(keys[i], (b, kv_heads, s, k)) for i in (3, 4))
+  positions = jnp.array([[0], [5], [7]])
+  mask = make_cache_mask(positions, s, window=6)
+  bias = jax.random.normal(keys[5], (1, h, 1, s)) if with_bias else None
+  got = einsum_step_attention(q, k_new, v_new, k_old, v_old, bias, mask, positions, 0.3)
+  want = attend(q, write_cache(k_old, k_new, positions), write_cache(v_old, v_new, positions),
+                bias, mask, "einsum", 0.3, heads_major=True)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kv_heads", [6, 2, 1])

@@ -1,4 +1,5 @@
-"""decoding_params + decoding_logits_fn (unrolled layers) == logits_fn (scanned), with a cache."""
+"""decoding_params + decoding_cache + decoding_logits_fn (unrolled layers, per-layer cache) ==
+logits_fn (scanned, stacked cache)."""
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +33,23 @@ def test_unrolled_decoding_matches_scanned(architecture, position):
   else:
     cache = lm.init_cache(2, 8)
   want, want_cache = lm.logits_fn(params, tokens, positions, cache)
-  got, got_cache = jax.jit(lm.decoding_logits_fn)(dparams, tokens, positions, cache)
+  split = lm.decoding_cache(cache)
+  assert all(len(split[key]) == 3 and split[key][0].shape == (1, *cache[key].shape[1:])
+             for key in cache if key != "encoder_mask")
+  got, got_cache = jax.jit(lm.decoding_logits_fn)(dparams, tokens, positions, split)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  assert set(got_cache) == set(want_cache)
   for key in want_cache:
-    np.testing.assert_allclose(np.asarray(got_cache[key]), np.asarray(want_cache[key]),
+    got_key = got_cache[key]
+    if isinstance(got_key, tuple):  # One [1, b, ...] array per layer.
+      got_key = jnp.concatenate(got_key)
+    np.testing.assert_allclose(np.asarray(got_key), np.asarray(want_cache[key]),
                                rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="split cache"):  # The scanned model cannot take it.
+    lm.logits_fn(params, tokens, positions, split)
+  # The unrolled model also takes the stacked cache: the same logits.
+  stacked, _ = lm.decoding_logits_fn(dparams, tokens, positions, cache)
+  np.testing.assert_allclose(np.asarray(stacked), np.asarray(want), rtol=1e-5, atol=1e-5)
   # One more step on the written caches: the same next-token logits.
   step = jnp.full((2, 1), 7)
   want2, _ = lm.logits_fn(params, step, jnp.full((2, 1), 5), want_cache)

@@ -107,22 +107,24 @@ def _decoder_prompts(max_len: int):
 
 
 def _decode_steps(step_fn, params, prompt, lengths, full, cache, steps):
+  rows = np.arange(len(lengths))
   pos = np.broadcast_to(np.arange(prompt.shape[1], dtype=np.int32), prompt.shape)
   logits, cache = step_fn(params, prompt, pos, cache)
   prefill = np.asarray(logits)
-  decoded = [prefill[np.arange(3), lengths - 1]]
+  decoded = [prefill[rows, lengths - 1]]
   for i in range(steps):
     cur = (lengths + i).astype(np.int32)[:, None]
-    logits, cache = step_fn(params, full[np.arange(3), lengths + i][:, None], cur, cache)
+    logits, cache = step_fn(params, full[rows, lengths + i][:, None], cur, cache)
     decoded.append(np.asarray(logits)[:, 0])
   return prefill, decoded
 
 
 def _check_against_reference(prefill, decoded, reference, lengths):
-  for b in range(3):
+  rows = np.arange(len(lengths))
+  for b in rows:
     np.testing.assert_allclose(prefill[b, :lengths[b]], reference[b, :lengths[b]], atol=1e-5)
   for i, got in enumerate(decoded):
-    np.testing.assert_allclose(got, reference[np.arange(3), lengths - 1 + i], atol=1e-5)
+    np.testing.assert_allclose(got, reference[rows, lengths - 1 + i], atol=1e-5)
 
 
 @pytest.mark.parametrize("position,window", [(s, None) for s in SCHEMES] + [("rope", 3),
@@ -134,6 +136,21 @@ def test_decoder_cache_decoding_matches_full_forward(position, window):
   lengths, full, prompt = _decoder_prompts(max_len)
   prefill, decoded = _decode_steps(jax.jit(lm.logits_fn), params, prompt, lengths, full,
                                    lm.init_cache(3, max_len), 4)
+  reference = np.asarray(jax.jit(lambda p, t: lm.apply(p, t)[0])(params, full))
+  _check_against_reference(prefill, decoded, reference, lengths)
+
+
+@pytest.mark.parametrize("position,window", [("rope", 3), ("t5_relative", None),
+                                             ("alibi", 4)])
+def test_batch_one_split_cache_decoding_matches_full_forward(position, window):
+  """Batch 1 through the sampler's path (decoding_params, split cache): on CPU its decode steps
+  attend to the old cache plus the new token (attention.einsum_step_attention)."""
+  lm = LanguageModel(_config("decoder", position, sliding_window=window))
+  params = lm.init(jax.random.PRNGKey(0))
+  lengths, full, prompt = (x[1:2] for x in _decoder_prompts(16))
+  prefill, decoded = _decode_steps(jax.jit(lm.decoding_logits_fn), lm.decoding_params(params),
+                                   prompt, lengths, full,
+                                   lm.decoding_cache(lm.init_cache(1, 16)), 6)
   reference = np.asarray(jax.jit(lambda p, t: lm.apply(p, t)[0])(params, full))
   _check_against_reference(prefill, decoded, reference, lengths)
 
@@ -151,7 +168,7 @@ def test_encoder_decoder_cache_decoding_matches_full_forward(position):
   enc_seg = (np.arange(10)[None] < np.array([[10], [4], [7]])).astype(np.int32)
 
   cache = jax.jit(lm.encode_for_decoding, static_argnums=3)(params, enc, enc_seg, max_len)
-  assert cache["cross_k"].shape == (3, 3, 10, 2, 4)  # [l, b, s, g, k]: batch at axis 1.
+  assert cache["cross_k"].shape == (3, 3, 2, 10, 4)  # [l, b, g, s, k]: batch at axis 1.
   assert cache["encoder_mask"].shape == (1, 3, 10)
   prefill, decoded = _decode_steps(jax.jit(lm.logits_fn), params, prompt, lengths, full, cache,
                                    4)

@@ -144,7 +144,8 @@ def test_stops_once_no_alive_beam_can_beat_the_finished_ones():
                            length_penalty=0.0, num_return=1)
   jax.block_until_ready(out)
   jax.effects_barrier()
-  assert len(calls) == 2  # The prefill and one step.
+  # The prefill, the last prompt token again (the first log-probs) and one step.
+  assert len(calls) == 3
   assert out.tokens[0, 0, :2].tolist() == [B, EOS]
 
 

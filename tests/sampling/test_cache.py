@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from llmjax.models.config import ModelConfig
+from llmjax.models.interface import LanguageModel
 from llmjax.sampling import cache as cache_lib
 from llmjax.sharding import axes
 
@@ -16,7 +17,7 @@ def test_init_cache_from_config_has_contract_layout():
   cache = cache_lib.init_cache(CONFIG, 3, 16)
   assert set(cache) == {"k", "v"}
   for x in cache.values():
-    assert x.shape == (2, 3, 16, 2, 8)  # [l, b, s, g, k]
+    assert x.shape == (2, 3, 2, 16, 8)  # [l, b, g, s, k]
     assert x.dtype == jnp.float32
     assert not x.any()
   assert cache_lib.cache_length(cache) == 16
@@ -51,7 +52,7 @@ def test_sizes_and_description():
   assert cache_lib.cache_bytes(jax.eval_shape(lambda: cache)) == expected
   assert cache_lib.cache_size_bytes(CONFIG, 2, 16) == expected
   text = cache_lib.describe_cache(CONFIG, 2, 16)
-  assert "[2x2x16x2x8]" in text and "8.0 KiB" in text and "float32" in text
+  assert "[2x2x2x16x8]" in text and "8.0 KiB" in text and "float32" in text
 
 
 def test_cache_length_of_other_pytrees_is_unknown():
@@ -61,5 +62,13 @@ def test_cache_length_of_other_pytrees_is_unknown():
 
 def test_cache_logical_axes():
   spec = cache_lib.cache_logical_axes(cache_lib.init_cache(CONFIG, 1, 4))
-  assert spec["k"] == (axes.CACHE_LAYERS, axes.CACHE_BATCH, axes.CACHE_LENGTH,
-                       axes.CACHE_KV_HEADS, axes.CACHE_HEAD_DIM)
+  assert spec["k"] == (axes.CACHE_LAYERS, axes.CACHE_BATCH, axes.CACHE_KV_HEADS,
+                       axes.CACHE_LENGTH, axes.CACHE_HEAD_DIM)
+
+
+def test_split_cache_keeps_the_layout_per_layer():
+  lm = LanguageModel(CONFIG)
+  split = lm.decoding_cache(lm.init_cache(3, 16))
+  assert len(split["k"]) == len(split["v"]) == 2  # One [1, b, g, s, k] array per layer.
+  assert all(x.shape == (1, 3, 2, 16, 8) for x in split["k"] + split["v"])
+  assert cache_lib.cache_length(split) == 16

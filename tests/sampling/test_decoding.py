@@ -187,7 +187,7 @@ def test_decode_is_jittable_end_to_end():
 
 def _contract_cache(batch, length):
   """A cache in the model layout: only its length matters for validation."""
-  return {"k": jnp.zeros((1, batch, length, 1, 2)), "v": jnp.zeros((1, batch, length, 1, 2))}
+  return {"k": jnp.zeros((1, batch, 1, length, 2)), "v": jnp.zeros((1, batch, 1, length, 2))}
 
 
 def test_rejects_prompt_plus_new_tokens_longer_than_cache():
