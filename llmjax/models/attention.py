@@ -99,6 +99,13 @@ def _softmax_bwd(y: jax.Array, g: jax.Array) -> tuple[jax.Array]:
 softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
+def _group_heads(x: jax.Array, g: int, r: int) -> jax.Array:
+  """A mask or bias [B, h or 1, t, s] as [B, g or 1, r or 1, t, s] (query heads by kv head)."""
+  if x.shape[1] == 1:
+    return x[:, :, None]
+  return x.reshape(x.shape[0], g, r, *x.shape[2:])
+
+
 def einsum_attention(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None,
                      mask: jax.Array, scale: float | None = None,
                      heads_major: bool = False) -> jax.Array:
@@ -114,18 +121,12 @@ def einsum_attention(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.A
   g = key.shape[1 if heads_major else 2]
   kv = "bgsk" if heads_major else "bsgk"
   r = h // g
-
-  def grouped(x: jax.Array) -> jax.Array:  # [B, h or 1, t, s] -> [B, g or 1, r or 1, t, s]
-    if x.shape[1] == 1:
-      return x[:, :, None]
-    return x.reshape(x.shape[0], g, r, *x.shape[2:])
-
   scale = k ** -0.5 if scale is None else scale
   q = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, g, r, k)
   scores = jnp.einsum(f"btgrk,{kv}->bgrts", q, key, preferred_element_type=jnp.float32)
   if bias is not None:
-    scores = scores + grouped(bias).astype(jnp.float32)
-  scores = jnp.where(grouped(mask), scores, jnp.finfo(jnp.float32).min)
+    scores = scores + _group_heads(bias, g, r).astype(jnp.float32)
+  scores = jnp.where(_group_heads(mask, g, r), scores, jnp.finfo(jnp.float32).min)
   probs = softmax(scores).astype(value.dtype)
   return jnp.einsum(f"bgrts,{kv}->btgrk", probs, value).reshape(b, t, h, k)
 
@@ -150,8 +151,7 @@ def einsum_step_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, k_ol
   r = h // g
 
   def grouped(x: jax.Array) -> jax.Array:  # [B, h or 1, 1, s] -> [B, g or 1, r or 1, s]
-    x = x[:, :, 0]
-    return x[:, :, None] if x.shape[1] == 1 else x.reshape(x.shape[0], g, r, slots)
+    return _group_heads(x, g, r)[..., 0, :]
 
   scale = k ** -0.5 if scale is None else scale
   q = (q * jnp.asarray(scale, q.dtype)).reshape(b, g, r, k)

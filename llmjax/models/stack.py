@@ -57,9 +57,9 @@ def _layer_cache(cache: Cache, i: int) -> Cache:
 
 
 def _write_layer(cache: Cache, i: int, new: Cache) -> Cache:
-  out = dict(cache)
+  out, split = dict(cache), is_split(cache)
   for name, value in new.items():
-    if is_split(cache):
+    if split:
       out[name] = cache[name][:i] + (value[None],) + cache[name][i + 1:]
     else:
       # Slice by slice (in place in a decode loop), not re-stacked (a copy of the whole cache).

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmjax.sampling.cache import cache_length
-from llmjax.sampling.decoding import LogitsFn, validate_decode_args
+from llmjax.sampling.decoding import LogitsFn, prefill, validate_decode_args
 
 
 class BeamOutput(NamedTuple):
@@ -147,17 +147,14 @@ def beam_search(logits_fn: LogitsFn, params: Any, prompt_tokens: jax.Array,
     BeamOutput(tokens [b, n, T], lengths [b, n], scores [b, n], log_probs [b, n]), best first.
   """
   k, n, steps = num_beams, num_return or num_beams, max_new_tokens
-  batch, padded_len = prompt_tokens.shape
+  batch = prompt_tokens.shape[0]
   prompt_tokens = prompt_tokens.astype(jnp.int32)
   prompt_lengths = prompt_lengths.astype(jnp.int32)
-  positions = jnp.broadcast_to(jnp.arange(padded_len, dtype=jnp.int32), (batch, padded_len))
-  # Prefill per row (not per beam), kept for its cache only: XLA drops its [b, P, v] logits.
-  _, cache = logits_fn(params, prompt_tokens, positions, cache)
+  # Prefill per row (not per beam), kept for its cache only.
+  _, cache, last_token = prefill(logits_fn, params, prompt_tokens, prompt_lengths, cache)
   # The last prompt token again at its own slot (rewriting what the prefill wrote there): the
   # first log-probs come from a [b, 1, v] projection, as in decoding.py.
-  last_pos = (prompt_lengths - 1)[:, None]
-  last_token = jnp.take_along_axis(prompt_tokens, last_pos, axis=1)
-  logits, cache = logits_fn(params, last_token, last_pos, cache)
+  logits, cache = logits_fn(params, last_token[:, None], (prompt_lengths - 1)[:, None], cache)
   last = logits[:, 0]  # [b, v]
   vocab = last.shape[-1]
   if 2 * k > k * vocab:

@@ -121,6 +121,23 @@ def validate_decode_args(prompt_shape: tuple[int, ...], prompt_lengths: Any, *,
           f"{max(limit - longest, 0)} or shorten the prompt.")
 
 
+def prefill(logits_fn: LogitsFn, params: Any, prompt_tokens: jax.Array,
+            prompt_lengths: jax.Array, cache: Any) -> tuple[jax.Array, Any, jax.Array]:
+  """Runs the right-padded prompt [b, P] through logits_fn at positions arange(P).
+
+  Returns (the [b, P, v] logits, the cache, each row's last prompt token [b] int32). Callers
+  keep the cache and feed the last token again at its own slot for the first next-token
+  logits, so the logits are normally dead code XLA removes with the [b, P, v] vocabulary
+  projection that makes them (most of a prefill's work at GPT-2 vocabularies); their static
+  shape gives the vocabulary size.
+  """
+  batch, padded_len = prompt_tokens.shape
+  positions = jnp.broadcast_to(jnp.arange(padded_len, dtype=jnp.int32), (batch, padded_len))
+  logits, cache = logits_fn(params, prompt_tokens, positions, cache)
+  last = jnp.take_along_axis(prompt_tokens, (prompt_lengths - 1)[:, None], axis=1)[:, 0]
+  return logits, cache, last
+
+
 def decode(logits_fn: LogitsFn, params: Any, prompt_tokens: jax.Array,
            prompt_lengths: jax.Array, cache: Any, rng: jax.Array, *, max_new_tokens: int,
            strategy: Strategy = GREEDY, eos_id: int | None = None,
@@ -144,14 +161,12 @@ def decode(logits_fn: LogitsFn, params: Any, prompt_tokens: jax.Array,
   Returns:
     DecodeOutput(tokens [b, max_new_tokens], lengths [b], logits or None).
   """
-  batch, padded_len = prompt_tokens.shape
+  batch = prompt_tokens.shape[0]
   prompt_tokens = prompt_tokens.astype(jnp.int32)
   prompt_lengths = prompt_lengths.astype(jnp.int32)
-  positions = jnp.broadcast_to(jnp.arange(padded_len, dtype=jnp.int32), (batch, padded_len))
-  # Only the cache (and the logits' static shape) is kept: the [b, P, v] logits are dead code
-  # XLA removes.
-  prefill_logits, cache = logits_fn(params, prompt_tokens, positions, cache)
-  last_prompt = jnp.take_along_axis(prompt_tokens, (prompt_lengths - 1)[:, None], axis=1)[:, 0]
+  # Only the cache (and the logits' static shape) is kept.
+  prefill_logits, cache, last_prompt = prefill(logits_fn, params, prompt_tokens, prompt_lengths,
+                                               cache)
   keys = jax.random.split(rng, max_new_tokens)
 
   def cond(state: _LoopState) -> jax.Array:
