@@ -32,6 +32,10 @@ from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
 
 LayerCache = dict[str, jax.Array]  # {"k": [b, g, s, k], "v": [b, g, s, k]}
+# Causal query blocks of einsum_attention: >= 64 rows each, at most 8 (measured on gpt_baby's
+# t = 256: 4 blocks -35% fwd+bwd, 8 blocks -31%; benchmarks/NOTES.md #28).
+CAUSAL_BLOCK_ROWS = 64
+MAX_CAUSAL_BLOCKS = 8
 
 
 def _window(offset: jax.Array, window: int | None, causal: bool) -> jax.Array | bool:
@@ -106,9 +110,28 @@ def _group_heads(x: jax.Array, g: int, r: int) -> jax.Array:
   return x.reshape(x.shape[0], g, r, *x.shape[2:])
 
 
+def causal_query_blocks(t: int) -> int:
+  """How many query blocks `einsum_attention` splits a causal length-t attention into: blocks
+  of CAUSAL_BLOCK_ROWS queries or more (smaller ones lose more to per-op cost than the skipped
+  keys save), at most MAX_CAUSAL_BLOCKS, and a divisor of t."""
+  blocks = min(t // CAUSAL_BLOCK_ROWS, MAX_CAUSAL_BLOCKS)
+  while blocks > 1 and t % blocks:
+    blocks -= 1
+  return max(blocks, 1)
+
+
+def _block_of(x: jax.Array | None, rows: slice, keys: int) -> jax.Array | None:
+  """Rows `rows` and the first `keys` columns of a mask or bias broadcastable to [.., t, s]."""
+  if x is None:
+    return None
+  if x.shape[-2] > 1:
+    x = x[..., rows, :]
+  return x[..., :keys] if x.shape[-1] > 1 else x
+
+
 def einsum_attention(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None,
                      mask: jax.Array, scale: float | None = None,
-                     heads_major: bool = False) -> jax.Array:
+                     heads_major: bool = False, causal: bool = False) -> jax.Array:
   """Softmax attention as two einsums, grouped by kv head; the math of
   `jax.nn.dot_product_attention` (scale default 1/sqrt(k), softmax in float32).
 
@@ -116,7 +139,23 @@ def einsum_attention(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.A
   [b, t, h, k] -> [b, h, t, k] transposes and reductions dominate at small widths
   (benchmarks/NOTES.md). q: [b, t, h, k]; key/value: [b, s, g, k], or [b, g, s, k] with
   `heads_major` (a cache); bias/mask broadcastable to [b, h, t, s]. Returns [b, t, h, k].
+
+  `causal`: the mask hides every key after the query's own index (causal self-attention over
+  the same t tokens, no cache). Long sequences are then split into query blocks that read
+  only the keys up to their last row, skipping the masked upper triangle: exact, since those
+  keys carry zero weight and no row is fully masked (gpt_baby's attention fwd+bwd -35%).
   """
+  if causal and not heads_major and key.shape[1] == q.shape[1]:
+    blocks = causal_query_blocks(q.shape[1])
+    if blocks > 1:
+      n = q.shape[1] // blocks
+      outs = []
+      for i in range(blocks):
+        rows, end = slice(i * n, (i + 1) * n), (i + 1) * n
+        outs.append(einsum_attention(q[:, rows], key[:, :end], value[:, :end],
+                                     _block_of(bias, rows, end), _block_of(mask, rows, end),
+                                     scale))
+      return jnp.concatenate(outs, axis=1)
   b, t, h, k = q.shape
   g = key.shape[1 if heads_major else 2]
   kv = "bgsk" if heads_major else "bsgk"
@@ -178,14 +217,16 @@ def _uses_einsum(implementation: str | None) -> bool:
 
 def attend(q: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array | None,
            mask: jax.Array, implementation: str | None = None,
-           scale: float | None = None, heads_major: bool = False) -> jax.Array:
+           scale: float | None = None, heads_major: bool = False,
+           causal: bool = False) -> jax.Array:
   """[b, t, h, k] attention output: `einsum_attention` when `implementation` is 'einsum' (or
   None on CPU), else `jax.nn.dot_product_attention` with that implementation (None lets GPUs
   pick cuDNN's fused kernel; biases go through its `bias` argument, so they keep it).
   `scale` multiplies the query-key products (None: 1/sqrt(k)); `heads_major`: key/value are
-  [b, g, s, k] (a cache) instead of [b, s, g, k]."""
+  [b, g, s, k] (a cache) instead of [b, s, g, k]; `causal`: the mask is causal over the same
+  tokens (lets `einsum_attention` skip the masked keys)."""
   if _uses_einsum(implementation):
-    return einsum_attention(q, key, value, bias, mask, scale, heads_major)
+    return einsum_attention(q, key, value, bias, mask, scale, heads_major, causal)
   if heads_major:
     key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
   if bias is not None:
@@ -200,10 +241,12 @@ class Attention(nn.Module):
   Attributes:
     config: the model config.
     cross: cross-attention (keys/values from `kv_input` or a precomputed cache; no rotary).
+    causal: self-attention of a causal stack (the mask hides later keys).
   """
 
   config: ModelConfig
   cross: bool = False
+  causal: bool = False
 
   def _param(self, name: str, shape: tuple[int, ...], names: tuple[str, ...],
              in_axis, out_axis) -> jax.Array:
@@ -292,7 +335,8 @@ class Attention(nn.Module):
     if out is None:
       key, value = constrain(key, kv_axes), constrain(value, kv_axes)
       out = attend(q, key.astype(q.dtype), value.astype(q.dtype), bias, mask,
-                   cfg.attention_impl, cfg.attention_scale, heads_major=cache is not None)
+                   cfg.attention_impl, cfg.attention_scale, heads_major=cache is not None,
+                   causal=self.causal and not self.cross and cache is None)
     out = constrain(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_HEAD_DIM))
     y = linear(out, wo, 2)
     if cfg.use_bias:

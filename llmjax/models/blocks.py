@@ -32,11 +32,13 @@ class Block(nn.Module):
     deterministic: disables dropout (an attribute, not an argument, so that scan and remat
       never see a Python bool as a traced value).
     cross: add a cross-attention sub-layer over the encoder output (T5 decoder).
+    causal: the self-attention mask is causal (decoder stacks).
   """
 
   config: ModelConfig
   deterministic: bool = True
   cross: bool = False
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, cache: LayerCache | None, positions: jax.Array,
@@ -64,8 +66,9 @@ class Block(nn.Module):
       return constrain(norm(x) if post else x, _RESIDUAL), extra
 
     self_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
-    x, self_cache = sublayer(x, "attention_norm", lambda h: Attention(cfg, name="attention")(
-        h, positions, mask, bias, self_cache))
+    attention = Attention(cfg, causal=self.causal, name="attention")
+    x, self_cache = sublayer(x, "attention_norm",
+                             lambda h: attention(h, positions, mask, bias, self_cache))
     new_cache = self_cache
     if self.cross:
       cross_cache = None if cache is None else {"k": cache["cross_k"], "v": cache["cross_v"]}

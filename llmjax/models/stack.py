@@ -166,12 +166,13 @@ class TransformerStack(nn.Module):
           metadata_params={nn.PARTITION_NAME: axes.LAYERS},
           unroll=min(cfg.scan_unroll, self.num_layers),
       )
-      return scanned(cfg, self.deterministic, self.cross, name="layers")(
+      return scanned(cfg, self.deterministic, self.cross, self.causal, name="layers")(
           x, cache, positions, mask, bias, encoded, cross_mask)
 
     for i in range(self.num_layers):
       layer_cache = None if cache is None else _layer_cache(cache, i)
-      x, layer_cache = block(cfg, self.deterministic, self.cross, name=f"layers_{i}")(
+      x, layer_cache = block(cfg, self.deterministic, self.cross, self.causal,
+                               name=f"layers_{i}")(
           x, layer_cache, positions, mask, bias, encoded, cross_mask)
       if cache is not None:
         cache = _write_layer(cache, i, layer_cache)

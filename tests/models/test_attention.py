@@ -11,6 +11,7 @@ import pytest
 from llmjax.models.attention import (
   Attention,
   attend,
+  causal_query_blocks,
   einsum_step_attention,
   make_cache_mask,
   make_segment_mask,
@@ -158,3 +159,58 @@ def test_einsum_attention_equals_dot_product_attention_with_gradients(kv_heads, 
   np.testing.assert_allclose(np.asarray(attend(q, kv[0], kv[1], bias, mask, "einsum")),
                              np.asarray(attend(q, kv[0], kv[1], bias, mask, "xla")),
                              atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("t,kv_heads,window,with_bias", [
+    (256, 2, None, True),  # 4 query blocks, GQA, per-head bias
+    (192, 6, 40, False),  # 3 blocks, sliding window
+])
+def test_causal_query_blocks_equal_dot_product_attention_with_gradients(t, kv_heads, window,
+                                                                        with_bias):
+  """Causal einsum attention split into query blocks that skip the masked keys: the outputs
+  and gradients of jax.nn.dot_product_attention over the whole mask (packed segments, a
+  padding tail, GQA, bias or window)."""
+  b, h, k = 2, 6, 8
+  assert causal_query_blocks(t) == t // 64
+  keys = jax.random.split(jax.random.PRNGKey(1), 4)
+  q = jax.random.normal(keys[0], (b, t, h, k))
+  kv = jax.random.normal(keys[1], (2, b, t, kv_heads, k))
+  bias = jax.random.normal(keys[2], (1, h, t, t)) if with_bias else None
+  segments = np.ones((b, t), np.int32)
+  segments[0, 100:] = 2
+  segments[0, t - 20:] = 0  # Padding sees padding only.
+  mask = make_segment_mask(jnp.asarray(segments), window=window)
+
+  def loss(impl, causal, q, key, value):
+    out = attend(q, key, value, bias, mask, impl, causal=causal)
+    return jnp.sum(out * jnp.cos(jnp.arange(out.size, dtype=out.dtype).reshape(out.shape)))
+
+  for argnums in (0, 1, 2):
+    ref = jax.grad(functools.partial(loss, "xla", False), argnums)(q, kv[0], kv[1])
+    got = jax.grad(functools.partial(loss, "einsum", True), argnums)(q, kv[0], kv[1])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-5, rtol=2e-5)
+  np.testing.assert_allclose(np.asarray(attend(q, kv[0], kv[1], bias, mask, "einsum",
+                                               causal=True)),
+                             np.asarray(attend(q, kv[0], kv[1], bias, mask, "xla")),
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_causal_query_blocks_count():
+  assert [causal_query_blocks(t) for t in (12, 64, 100, 128, 192, 256, 1024, 4096, 4000)] == [
+      1, 1, 1, 2, 3, 4, 8, 8, 8]
+
+
+def test_causal_attention_module_equals_unblocked():
+  """The Attention module of a causal stack (query blocks at t = 128) computes what the same
+  module without the causal hint computes."""
+  cfg = ModelConfig(vocab_size=64, num_layers=1, num_heads=4, num_kv_heads=2, embed_dim=16,
+                    mlp_dim=32, max_seq_len=128, position="rope", attention_impl="einsum")
+  segments = np.ones((2, 128), np.int32)
+  segments[1, 70:] = 2
+  positions = jnp.asarray(_positions(segments))
+  mask = make_segment_mask(jnp.asarray(segments))
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 128, 16))
+  params = Attention(cfg).init(jax.random.PRNGKey(3), x, positions, mask)
+  plain, _ = Attention(cfg).apply(params, x, positions, mask)
+  blocked, _ = Attention(cfg, causal=True).apply(params, x, positions, mask)
+  np.testing.assert_allclose(np.asarray(blocked), np.asarray(plain), atol=1e-5, rtol=1e-5)
