@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run from a sourc
 from llmjax.cli import gin_config  # noqa: E402
 from llmjax.interop import gpt2  # noqa: E402
 from llmjax.models.config import ModelConfig  # noqa: E402
+from llmjax.models.interface import LanguageModel  # noqa: E402
 
 try:
   import torch
@@ -162,7 +163,7 @@ def train_peer(configs: dict, args: argparse.Namespace) -> dict[str, Any]:
   generator = torch.Generator().manual_seed(0)
   tokens = torch.randint(0, cfg.vocab_size, (batch, length + 1), generator=generator)
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
-  losses = []
+  last = {}
 
   def step() -> None:
     loss = model.loss(inputs, targets)
@@ -171,13 +172,13 @@ def train_peer(configs: dict, args: argparse.Namespace) -> dict[str, Any]:
     if train_cfg.clip_norm > 0:
       nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_norm)
     optimizer.step()
-    losses.append(loss.detach())
+    last["loss"] = loss.detach()
 
   rates = _timed_rates(step, batch * length, args.warmup, args.repeats, args.steps)
   return {"peer": "nanoGPT-style PyTorch training (this file), torch.optim.AdamW",
           "num_params": sum(p.numel() for p in model.parameters()),
           "batch_size": batch, "seq_len": length, "rates": rates,
-          "final_loss": float(losses[-1])}
+          "final_loss": float(last["loss"])}
 
 
 def decode_peer(configs: dict, args: argparse.Namespace) -> dict[str, Any]:
@@ -238,8 +239,7 @@ def main(argv: list[str]) -> dict[str, Any]:
   if args.threads:
     torch.set_num_threads(args.threads)
 
-  from llmjax.models.interface import LanguageModel  # Counts params without building any.
-  expected = LanguageModel(cfg).num_params()
+  expected = LanguageModel(cfg).num_params()  # Analytic: builds no parameters.
   result = (train_peer if args.task == "train" else decode_peer)(configs, args)
   if result["num_params"] != expected:
     raise RuntimeError(f"the peer has {result['num_params']} parameters, llmjax "
