@@ -6,9 +6,10 @@
 
 The model comes from gin exactly as in `llmjax train` (random-init params, random prompt ids);
 decoding is the library's own compiled path, `llmjax.sampling.decoding.generate` (the loop the
-Sampler also runs) over the model's `decoding_logits_fn`, `decoding_params` and `decoding_cache`
-(unrolled layers, per-layer cache, as the Sampler decodes), greedy with eos_id=None, so every
-row generates exactly new_tokens.
+Sampler also runs) over the model's `Decoder` (`LanguageModel.decoder(params)`: its logits_fn,
+params and cache, as the Sampler decodes), greedy with eos_id=None, so every row generates
+exactly new_tokens. Unlike the Sampler, which builds the Decoder inside each compiled call,
+the Decoder's params are laid out once before timing, so the timed calls are the decode alone.
 
 Reported (the last line of stdout is one JSON object):
 - tokens_per_sec: batch * new_tokens / wall time of one whole `generate` call (prefill +
@@ -47,6 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run from a source checkout.
 
 from llmjax.cli import gin_config  # noqa: E402
+from llmjax.models.decoder import Decoder, Params  # noqa: E402
 from llmjax.models.interface import LanguageModel  # noqa: E402
 from llmjax.sampling import decoding  # noqa: E402
 from llmjax.sampling.cache import cache_size_bytes  # noqa: E402
@@ -104,11 +106,11 @@ def measure_bandwidth(megabytes: int, repeats: int) -> float:
   return 2 * n * 4 / statistics.median(times)
 
 
-def decode_step_bytes(lm: LanguageModel, params: Any, batch: int, context: float) -> float:
+def decode_step_bytes(decoder: Decoder, params: Params, batch: int, context: float) -> float:
   """Bytes one decode step must read: every parameter once, plus the KV cache of `context`
   positions per row (float: an average over the steps)."""
   param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-  kv_bytes_per_slot = cache_size_bytes(lm.config, batch, 1)  # k and v, all layers, one slot.
+  kv_bytes_per_slot = cache_size_bytes(decoder, batch, 1)  # k and v, all layers, one slot.
   return param_bytes + kv_bytes_per_slot * context
 
 
@@ -135,7 +137,7 @@ def main(argv: list[str], outputs: dict[str, Any] | None = None) -> dict[str, An
   gin_config.parse(args.gin_file or ["runs/benchmark.gin", "models/gpt_baby.gin"], bindings)
   model_cfg = gin_config.build("ModelConfig")
   lm = LanguageModel(model_cfg)
-  if not lm.can_decode or lm.is_encoder_decoder:
+  if model_cfg.architecture != "decoder":
     raise ValueError(f"decode_throughput measures decoder-only models; this one is "
                      f"{model_cfg.architecture!r}.")
   batch, prompt_len, new_tokens = args.batch_size, args.prompt_len, args.new_tokens
@@ -151,18 +153,17 @@ def main(argv: list[str], outputs: dict[str, Any] | None = None) -> dict[str, An
   prompt = jnp.asarray(rng.integers(0, model_cfg.vocab_size, (batch, prompt_len), np.int32))
   lengths = jnp.full((batch,), prompt_len, jnp.int32)
   key = jax.random.PRNGKey(args.seed)
-  decode_params = jax.block_until_ready(lm.decoding_params(params))
+  decoder = jax.block_until_ready(lm.decoder(params))  # Lays the params out once, untimed.
 
   def run(max_new_tokens: int,
           timer: CompileTimer | None = None) -> tuple[float, float, decoding.DecodeOutput]:
     # A fresh all-zero cache per call, made outside the timed region (as a caller would).
-    cache = jax.block_until_ready(
-        lm.decoding_cache(lm.init_cache(batch, prompt_len + max_new_tokens)))
+    cache = jax.block_until_ready(decoder.init_cache(batch, prompt_len + max_new_tokens))
     with timer or CompileTimer():
       return _timed(lambda: decoding.generate(
-          lm.decoding_logits_fn, decode_params, prompt, lengths, cache, key,
-          max_new_tokens=max_new_tokens,
-          eos_id=None, max_seq_len=model_cfg.max_seq_len))
+          decoder.logits_fn, decoder.params, prompt, lengths, cache, key,
+          max_new_tokens=max_new_tokens, eos_id=None, cache_len=decoder.cache_length(cache),
+          max_seq_len=decoder.max_seq_len))
 
   # Time to first token after load: the first call, compile included.
   ttft_compile, compile_timer = CompileTimer(), CompileTimer()
@@ -182,7 +183,7 @@ def main(argv: list[str], outputs: dict[str, Any] | None = None) -> dict[str, An
   bandwidth = measure_bandwidth(args.bandwidth_mb, args.bandwidth_repeats)
   # Step i (i = 0 .. new_tokens - 1) attends to prompt_len + i positions.
   average_context = prompt_len + (new_tokens - 1) / 2
-  step_bytes = decode_step_bytes(lm, params, batch, average_context)
+  step_bytes = decode_step_bytes(decoder, params, batch, average_context)
   floor = bandwidth / step_bytes * batch
 
   rates = [batch * new_tokens / t for t in call_times]
@@ -229,7 +230,7 @@ def main(argv: list[str], outputs: dict[str, Any] | None = None) -> dict[str, An
       "ratio_to_hf": None if anchor is None else median / anchor,
       "num_params": lm.num_params(),
       "param_bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)),
-      "kv_cache_bytes": cache_size_bytes(model_cfg, batch, cache_len),
+      "kv_cache_bytes": cache_size_bytes(decoder, batch, cache_len),
       "batch_size": batch,
       "prompt_len": prompt_len,
       "new_tokens": new_tokens,

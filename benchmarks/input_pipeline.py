@@ -54,7 +54,8 @@ from llmjax.data import pipeline  # noqa: E402
 from llmjax.sharding import mesh as mesh_lib  # noqa: E402
 from llmjax.sharding import partition  # noqa: E402
 from llmjax.training import host_data  # noqa: E402
-from llmjax.training.loop import check_vocab, data_streams, validate  # noqa: E402
+from llmjax.training.loop import data_streams  # noqa: E402
+from llmjax.training.validation import check_tokenizer, validate  # noqa: E402
 
 DEFAULT_GIN_FILES = ["runs/quickstart.gin"]
 TARGET_RATIO = 10.0
@@ -112,8 +113,8 @@ def main(argv: list[str]) -> dict:
   cache_dir = args.cache_dir or data_cfg.cache_dir
   if cache_dir is None:
     temp_cache = cache_dir = tempfile.mkdtemp(prefix="llmjax_pipeline_bench_")
-  # cache_dir may differ between runs of the same data (loop.RESUMABLE_CHANGES): it moves the
-  # prepared files, never changes the batches.
+  # cache_dir may differ between runs of the same data (validation.RESUMABLE_CHANGES): it moves
+  # the prepared files, never changes the batches.
   data_cfg = dataclasses.replace(data_cfg, cache_dir=cache_dir)
   try:
     # llmjax train's order (loop.train): dataset, tokenizer, vocab check, then the iterator.
@@ -123,7 +124,7 @@ def main(argv: list[str]) -> dict:
     start = time.perf_counter()
     tokenizer = pipeline.get_or_train_tokenizer(data_cfg, train_source, tokenizer_dir=None)
     tokenizer_s = time.perf_counter() - start
-    check_vocab(model_cfg, pipeline.required_vocab_size(data_cfg, tokenizer))
+    check_tokenizer(model_cfg, data_cfg, tokenizer)
     row_range = host_data.process_row_range(partition.data_sharding(mesh),
                                             train_cfg.batch_size)
     streams = data_streams(data_cfg, None)  # As for a fresh (not resumed) run.

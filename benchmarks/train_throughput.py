@@ -34,8 +34,8 @@ from llmjax.sharding import rules as rules_lib  # noqa: E402
 from llmjax.training import metrics as metrics_lib  # noqa: E402
 from llmjax.training import state as state_lib  # noqa: E402
 from llmjax.training import step as step_lib  # noqa: E402
-from llmjax.training.loop import validate  # noqa: E402
 from llmjax.training.optimizer import make_optimizer  # noqa: E402
+from llmjax.training.validation import validate  # noqa: E402
 
 # PyTorch peers on the 2-core CPU machine of issue 5 (nanoGPT-style training, fp32), keyed by
 # (layers, heads, width, context, batch): tokens/s. `ratio_to_pytorch` compares against them.

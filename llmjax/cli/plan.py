@@ -160,7 +160,7 @@ def main(argv: list[str]) -> int:
                                     memory_fraction=args.memory_fraction)
     model = planner.target_model_config(configs["model"], device.platform)
     rules = args.rules or configs["mesh"].rules
-    from llmjax.training.loop import validate
+    from llmjax.training.validation import validate
 
     validate(model, configs["train"], planner.make_plan_mesh(shape), configs["data"])
     if args.search:

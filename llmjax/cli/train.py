@@ -82,9 +82,10 @@ def main(argv: list[str]) -> int:
 
   try:
     train(**configs, workdir=args.workdir, operative_config=gin_config.operative_config())
-  except ValueError as e:
-    # Config checks (mesh vs devices, vocab, resume compatibility) raise ValueError before
-    # anything is compiled or written; their message is the whole story, a traceback is noise.
+  except (ValueError, FileExistsError, FileNotFoundError) as e:
+    # Config and workdir checks (mesh vs devices, vocab, resume compatibility, a foreign
+    # --workdir, a missing warm-start source) raise before anything is compiled or written;
+    # their message is the whole story, a traceback is noise.
     print(f"llmjax train: {e}", file=sys.stderr)
     return 2
   distributed.shutdown()  # Every process leaves together, after the last checkpoint.

@@ -2,10 +2,11 @@
 
 A `.jsonl` file holds one JSON object per line (blank lines are skipped); a `.csv` file has a
 header row naming the columns. Each example needs the objective's fields:
-classification: a text field and an integer label in [0, num_classes); seq2seq: an input and
-a target text field. Examples come back as random-access lists of dicts with canonical keys
-({"text", "label"} or {"input", "target"}), so the rest of the pipeline does not care which
-field names the file used. Every problem is a ValueError naming the file, the line and the fix.
+classification: a text field (and, for sentence pairs, a second one) and an integer label in
+[0, num_classes); seq2seq: an input and a target text field. Examples come back as
+random-access lists of dicts with canonical keys ({"text", "label"}, plus "text_pair" for
+pairs, or {"input", "target"}), so the rest of the pipeline does not care which field names
+the file used. Every problem is a ValueError naming the file, the line and the fix.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _label(path: str, number: int, row: dict[str, Any], field: str, num_classes:
 
 def read_examples(path: str, objective: str, *, text_field: str = "text",
                   label_field: str = "label", input_field: str = "input",
-                  target_field: str = "target",
+                  target_field: str = "target", text_pair_field: str | None = None,
                   num_classes: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
   """Reads and validates every example of a .jsonl / .csv file.
 
@@ -90,12 +91,14 @@ def read_examples(path: str, objective: str, *, text_field: str = "text",
     path: the file.
     objective: "classification" or "seq2seq".
     text_field / label_field: classification fields.
+    text_pair_field: classification of sentence pairs: the second text's field (None: one).
     input_field / target_field: seq2seq fields.
     num_classes: classification labels must be in [0, num_classes).
 
   Returns:
-    (examples, keys): examples as {"text": str, "label": int} or {"input": str, "target": str}
-    in file order, and each example's line text (what the eval hold-out hashes).
+    (examples, keys): examples as {"text": str, "label": int} (+ "text_pair": str) or
+    {"input": str, "target": str} in file order, and each example's line text (what the eval
+    hold-out hashes).
 
   Raises:
     ValueError: unknown extension, missing file, bad JSON, missing field, bad label, or no
@@ -110,8 +113,11 @@ def read_examples(path: str, objective: str, *, text_field: str = "text",
   examples, keys = [], []
   for number, line, row in _rows(path):
     if objective == "classification":
-      examples.append({"text": _text(path, number, row, text_field, "text_field"),
-                       "label": _label(path, number, row, label_field, num_classes)})
+      example = {"text": _text(path, number, row, text_field, "text_field"),
+                 "label": _label(path, number, row, label_field, num_classes)}
+      if text_pair_field is not None:
+        example["text_pair"] = _text(path, number, row, text_pair_field, "text_pair_field")
+      examples.append(example)
     else:
       examples.append({"input": _text(path, number, row, input_field, "input_field"),
                        "target": _text(path, number, row, target_field, "target_field")})

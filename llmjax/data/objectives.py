@@ -6,7 +6,7 @@ document boundary no matter how documents are later packed or split into rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -25,19 +25,15 @@ def causal_lm_example(ids: Sequence[int] | np.ndarray, *, bos_id: int,
   return {"inputs": doc[:-1], "targets": doc[1:]}
 
 
-# Ids 0-3 (pad, bos, eos, unk) are special in both tokenizers: never masked, never a random
-# MLM replacement.
-NUM_SPECIAL_IDS = 4
-
-
 def mlm_example(ids: Sequence[int] | np.ndarray, rng: np.random.Generator, *, mask_id: int,
-                vocab_size: int, mlm_rate: float = 0.15, bos_id: int,
-                eos_id: int) -> dict[str, np.ndarray]:
+                vocab_size: int, mlm_rate: float = 0.15, bos_id: int, eos_id: int,
+                special_ids: Collection[int]) -> dict[str, np.ndarray]:
   """BERT masked LM on doc = [bos] + ids + [eos].
 
-  Selects round(mlm_rate * n) (at least 1) of the n non-special positions uniformly without
-  replacement; each selected token becomes mask_id with probability 0.8, a uniform random
-  non-special token from [4, vocab_size) with probability 0.1, and stays unchanged otherwise.
+  Selects round(mlm_rate * n) (at least 1) of the n positions that hold no special id
+  uniformly without replacement; each selected token becomes mask_id with probability 0.8, a
+  token drawn uniformly from the non-special ids below vocab_size with probability 0.1, and
+  stays unchanged otherwise.
 
   Args:
     ids: the document's token ids (no BOS/EOS).
@@ -45,7 +41,10 @@ def mlm_example(ids: Sequence[int] | np.ndarray, rng: np.random.Generator, *, ma
     mask_id: the [MASK] id (the pipeline uses tokenizer.vocab_size, past the tokenizer's ids).
     vocab_size: the tokenizer's vocabulary size; random replacements are drawn below it.
     mlm_rate: share of non-special tokens to predict.
-    bos_id / eos_id: the document delimiters (never selected).
+    bos_id / eos_id: the document delimiters.
+    special_ids: ids never selected and never drawn as replacements: the tokenizer's
+      `special_ids` (ours: 0-3; a converted BERT's: 0 and 100-103, ids 1-3 being ordinary).
+      bos_id and eos_id are always among them.
 
   Returns:
     {"inputs": int32 [n + 2] corrupted doc, "targets": int32 [n + 2] the original doc,
@@ -55,17 +54,29 @@ def mlm_example(ids: Sequence[int] | np.ndarray, rng: np.random.Generator, *, ma
   doc[0], doc[-1] = bos_id, eos_id
   doc[1:-1] = ids
   inputs, weights = doc.copy(), np.zeros(len(doc), np.float32)
-  # SentencePiece can emit unk (3) inside a document; it is special too.
-  candidates = np.flatnonzero(doc >= NUM_SPECIAL_IDS)
+  special = np.asarray(sorted({int(i) for i in special_ids} | {bos_id, eos_id}), np.int32)
+  # A tokenizer can emit unk inside a document; it is special too.
+  candidates = np.flatnonzero(~np.isin(doc, special))
   n = len(candidates)
   if n:
     k = min(n, max(1, round(mlm_rate * n)))
     chosen = rng.choice(candidates, size=k, replace=False)
     u = rng.random(k)
-    random_ids = rng.integers(NUM_SPECIAL_IDS, vocab_size, size=k, dtype=np.int32)
+    random_ids = _draw_excluding(rng, vocab_size, special[special < vocab_size], k)
     inputs[chosen] = np.where(u < 0.8, mask_id, np.where(u < 0.9, random_ids, doc[chosen]))
     weights[chosen] = 1.0
   return {"inputs": inputs, "targets": doc, "weights": weights}
+
+
+def _draw_excluding(rng: np.random.Generator, vocab_size: int, excluded: np.ndarray,
+                    size: int) -> np.ndarray:
+  """`size` ids uniform over [0, vocab_size) minus the sorted, distinct `excluded`: one draw of
+  [0, vocab_size - len(excluded)) per id, shifted past every excluded id at or below it (so
+  for excluded = 0-3 these are exactly the draws of [4, vocab_size))."""
+  ids = rng.integers(0, vocab_size - len(excluded), size=size, dtype=np.int32)
+  for skip in excluded:  # Ascending: each shift can only move ids onto later excluded ids.
+    ids += ids >= skip
+  return ids
 
 
 def _span_counts(length: int, noise_density: float,

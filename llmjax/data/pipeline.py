@@ -9,7 +9,8 @@ returns an infinite Grain iterator of numpy batches in the objective's batch for
 (leading dim = this process's rows b):
 - causal_lm, mlm: inputs, targets, segment_ids, positions int32 [b, t]; weights float32 [b, t].
 - classification: inputs, segment_ids, positions int32 [b, t]; labels int32 [b]; weights
-  float32 [b] (0 = padding row).
+  float32 [b] (0 = padding row); with DataConfig.text_pair_field also token_types int32
+  [b, t] (0 = first text, 1 = second).
 - span_corruption, seq2seq: encoder_inputs, encoder_segment_ids, encoder_positions int32
   [b, t]; inputs, targets, segment_ids, positions int32 [b, td]; weights float32 [b, td]
   (td = decoder_seq_len or t).
@@ -65,11 +66,15 @@ class DataConfig:
       'classification' | 'seq2seq' (from train_file / eval_file).
     mlm_rate: share of tokens MLM predicts (80% masked, 10% random, 10% kept).
     noise_density / mean_noise_span_length: T5 span corruption's noise share and span length.
-    extra_ids: span corruption sentinels, the top ids of the model vocabulary.
+    extra_ids: span corruption sentinels: the tokenizer's own first extra_ids <extra_id_i>
+      (a converted T5's), else the top ids of the model vocabulary.
     decoder_seq_len: encoder-decoder target length td; None = seq_len.
     train_file / eval_file: .jsonl or .csv example files (eval None = hold out eval_fraction
       of the training examples by a seeded hash of each line).
     text_field / label_field: classification fields; input_field / target_field: seq2seq's.
+    text_pair_field: classification of sentence pairs (NLI, paraphrase): the field of the
+      second text; rows become [bos] text [eos] pair [eos] with token_types 0/1 (BERT's
+      [CLS] a [SEP] b [SEP]; the model needs ModelConfig.type_vocab_size=2). None = one text.
     num_classes: classification labels are in [0, num_classes).
     shards: independent data streams a global batch is assembled from (it must divide the
       batch size); each host reads only its streams. None = one per process (or, on resume,
@@ -102,6 +107,7 @@ class DataConfig:
   label_field: str = "label"
   input_field: str = "input"
   target_field: str = "target"
+  text_pair_field: str | None = None
   num_classes: int | None = None
   shards: int | None = None
 
@@ -164,7 +170,11 @@ class DataConfig:
                                                   or self.num_classes < 2):
         raise ValueError(f"classification needs DataConfig.num_classes >= 2 (labels are "
                          f"0..num_classes-1); got {self.num_classes}.")
-    elif self.train_file is not None or self.eval_file is not None:
+    if self.text_pair_field is not None and self.objective != "classification":
+      raise ValueError(f"DataConfig.text_pair_field is for the 'classification' objective, not "
+                       f"{self.objective!r}: unset it.")
+    if self.objective not in FILE_OBJECTIVES and (self.train_file is not None
+                                                  or self.eval_file is not None):
       raise ValueError(f"DataConfig.train_file / eval_file are for the 'classification' and "
                        f"'seq2seq' objectives; {self.objective!r} reads text_files / tfds_name: "
                        "unset them or change DataConfig.objective.")
@@ -182,7 +192,7 @@ def prepare_dataset(data_cfg: DataConfig,
   Sources are random-access TFDS data sources of records with a text feature. Local files are
   prepared under data_dir (default: data_cfg.cache_dir, see DataConfig). For classification
   and seq2seq they are lists of {"text", "label"} / {"input", "target"} dicts read from
-  data_cfg.train_file / eval_file (examples_file.py).
+  data_cfg.train_file / eval_file (examples_file.py), classification pairs with "text_pair".
   """
   if data_cfg.objective in FILE_OBJECTIVES:
     return examples_file.load_example_files(
@@ -190,7 +200,7 @@ def prepare_dataset(data_cfg: DataConfig,
         eval_fraction=data_cfg.eval_fraction, seed=data_cfg.seed,
         text_field=data_cfg.text_field, label_field=data_cfg.label_field,
         input_field=data_cfg.input_field, target_field=data_cfg.target_field,
-        num_classes=data_cfg.num_classes)
+        text_pair_field=data_cfg.text_pair_field, num_classes=data_cfg.num_classes)
   if data_cfg.tfds_name is not None:
     train = tfds_text.open_prepared(data_cfg.tfds_name, data_cfg.tfds_data_dir,
                                     data_cfg.tfds_train_split)

@@ -7,10 +7,24 @@ bos 1, eos 2, no pad; T5: pad 0, eos 1, unk 2, no bos), with overrides for the o
 Both save to a directory as `tokenizer.json` (the kind and the ids in use) plus, for
 SentencePiece, `tokenizer.model` (the serialized model proto; never pickle).
 `load_tokenizer(directory)` reads either kind back.
+
+Every kind exposes `special_ids`: the control ids that are not text (pad, bos, eos, unk, and a
+converted model's others, e.g. BERT's [MASK]). Objectives never mask or sample them and
+fill-mask never proposes them; nothing assumes they are 0-3 (a converted BERT's are 0 and
+100-103, and ids 1-3 are ordinary tokens of LLaMA's and T5's vocabularies).
+
+Two ids belong to objectives rather than text, and a converted tokenizer may bring its own:
+- the MLM [MASK] id (`mask_id(tokenizer)`): the tokenizer's `mask_id` when it has one (a
+  converted BERT's [MASK]), else `vocab_size`, the id just past the tokenizer's (models
+  trained here);
+- T5's sentinels <extra_id_0>, <extra_id_1>, ... (`sentinel_ids(tokenizer)`): a converted T5
+  tokenizer's own ids (HF: 32099 - i for 32000 pieces + 100 extra ids), saved with it; none
+  for tokenizers trained here, whose models put sentinel i at model vocab_size - 1 - i.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import operator
@@ -48,6 +62,9 @@ class Tokenizer(Protocol):
   pad_id: int
   bos_id: int
   eos_id: int
+  special_ids: frozenset[int]  # Control ids that are not text (see the module docstring).
+  # Optional (read through `mask_id()` / `sentinel_ids()`): mask_id: int | None, the
+  # tokenizer's own [MASK]; sentinel_ids: tuple[int, ...], its own <extra_id_i> ids.
 
   def encode(self, text: str) -> list[int]: ...
   def decode(self, ids: Iterable[int]) -> str: ...
@@ -59,8 +76,11 @@ class ByteTokenizer:
 
   kind = "byte"
   pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
+  mask_id = None  # MLM masks with vocab_size, past the bytes.
+  sentinel_ids = ()
   offset = 4
   vocab_size = 256 + offset
+  special_ids = frozenset(range(offset))
 
   def encode(self, text: str) -> list[int]:
     """Returns the ids of text's UTF-8 bytes (no BOS/EOS)."""
@@ -80,15 +100,17 @@ class ByteTokenizer:
 class SentencePieceTokenizer:
   """A SentencePiece model held as its serialized proto, with the special ids llmjax uses.
 
-  Models trained here have pad 0, bos 1, eos 2, unk 3. A converted model (LLaMA, T5) keeps its
-  proto's ids unless overridden: LLaMA's has no pad (pad falls back to unk), T5's has no bos
-  (pass bos_id, e.g. T5's decoder start id 0).
+  Models trained here have pad 0, bos 1, eos 2, unk 3, no mask id and no sentinels. A converted
+  model (LLaMA, T5) keeps its proto's ids unless overridden: LLaMA's has no pad (pad falls back
+  to unk), T5's has no bos (pass bos_id, e.g. T5's decoder start id 0) and brings its
+  sentinels (HF's T5 tokenizer adds its 100 extra ids after the proto's pieces).
   """
 
   kind = "sentencepiece"
 
   def __init__(self, model_proto: bytes, *, pad_id: int | None = None,
-               bos_id: int | None = None, eos_id: int | None = None):
+               bos_id: int | None = None, eos_id: int | None = None,
+               mask_id: int | None = None, sentinel_ids: Sequence[int] = ()):
     """Loads model_proto; each given id overrides the proto's own.
 
     Args:
@@ -96,10 +118,14 @@ class SentencePieceTokenizer:
       pad_id: defaults to the proto's pad, or its unk when it has none.
       bos_id: defaults to the proto's bos; required when the proto has none.
       eos_id: defaults to the proto's eos; required when the proto has none.
+      mask_id: the MLM [MASK] piece, when the tokenizer has one (a special id); None = MLM
+        masks with vocab_size, past the pieces.
+      sentinel_ids: the ids of <extra_id_0>, <extra_id_1>, ...: pieces of the proto or ids past
+        it (HF T5: vocab_size + extra_ids - 1 - i); () for none.
 
     Raises:
-      ValueError: bos or eos is neither in the proto nor given, or an id is outside
-        [0, vocab_size).
+      ValueError: bos or eos is neither in the proto nor given, an id is outside
+        [0, vocab_size), or a sentinel id is negative or repeated.
     """
     self.model_proto = bytes(model_proto)
     self._sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
@@ -113,20 +139,25 @@ class SentencePieceTokenizer:
                               self.vocab_size)
     self.bos_id = _resolve_id("bos", bos_id, self._sp.bos_id(), self.vocab_size)
     self.eos_id = _resolve_id("eos", eos_id, self._sp.eos_id(), self.vocab_size)
+    self.mask_id = None if mask_id is None else _resolve_id("mask", mask_id, -1,
+                                                             self.vocab_size)
+    self.sentinel_ids = _check_sentinels(sentinel_ids)
 
   @classmethod
   def from_file(cls, path: str, *, pad_id: int | None = None, bos_id: int | None = None,
-                eos_id: int | None = None) -> SentencePieceTokenizer:
+                eos_id: int | None = None, mask_id: int | None = None,
+                sentinel_ids: Sequence[int] = ()) -> SentencePieceTokenizer:
     """Loads a `tokenizer.model` file, or the one in directory path (e.g. an HF checkpoint).
 
     Args:
       path: the model file, or a directory holding `tokenizer.model`.
-      pad_id, bos_id, eos_id: overrides, as in the constructor.
+      pad_id, bos_id, eos_id, mask_id, sentinel_ids: as in the constructor.
     """
     if os.path.isdir(path):
       path = os.path.join(path, MODEL_FILE)
     with open(path, "rb") as f:
-      return cls(f.read(), pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
+      return cls(f.read(), pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, mask_id=mask_id,
+                 sentinel_ids=sentinel_ids)
 
   @classmethod
   def train(cls, texts: Iterable[str], vocab_size: int = 4096, *, max_text_mb: float = 8.0,
@@ -167,6 +198,13 @@ class SentencePieceTokenizer:
                        "or more text.") from e
     return cls(model.getvalue())
 
+  @functools.cached_property
+  def special_ids(self) -> frozenset[int]:
+    """pad, bos, eos, unk, the mask id and every other control piece of the proto."""
+    control = (i for i in range(self.vocab_size) if self._sp.is_control(i))
+    named = (self.pad_id, self.bos_id, self.eos_id, self.unk_id, self.mask_id)
+    return frozenset({*(i for i in named if i is not None), *control})
+
   def encode(self, text: str) -> list[int]:
     """Returns text's ids (no BOS/EOS)."""
     return self._sp.encode(text)
@@ -176,9 +214,11 @@ class SentencePieceTokenizer:
     return self._sp.encode(list(texts))
 
   def decode(self, ids: Iterable[int]) -> str:
-    """Decodes ids; pad/bos/eos/unk are dropped, invalid UTF-8 becomes U+FFFD."""
-    specials = (self.pad_id, self.bos_id, self.eos_id, self.unk_id)
-    return self._sp.decode([int(i) for i in ids if int(i) not in specials])
+    """Decodes ids; pad/bos/eos/unk/mask and ids past the proto's pieces (sentinels) are
+    dropped, invalid UTF-8 becomes U+FFFD."""
+    specials = (self.pad_id, self.bos_id, self.eos_id, self.unk_id, self.mask_id)
+    return self._sp.decode([int(i) for i in ids
+                            if int(i) not in specials and 0 <= int(i) < self.vocab_size])
 
   def save(self, directory: str) -> None:
     """Writes tokenizer.json (with the ids in use) and tokenizer.model into directory."""
@@ -195,7 +235,17 @@ class IdTokenizer:
   kind = "ids"
 
   def __init__(self, vocab_size: int, *, pad_id: int | None = None, bos_id: int | None = None,
-               eos_id: int | None = None):
+               eos_id: int | None = None, unk_id: int | None = None,
+               mask_id: int | None = None, sentinel_ids: Sequence[int] = ()):
+    """The vocabulary size and the special ids the model uses.
+
+    Args:
+      vocab_size: number of ids.
+      pad_id, bos_id, eos_id: a BERT's are 0, 101 ([CLS]) and 102 ([SEP]); eos defaults to
+        bos (else 0), bos and pad to eos.
+      unk_id, mask_id: a BERT's are 100 and 103; None when the model has none.
+      sentinel_ids: a T5's <extra_id_0>, <extra_id_1>, ... ids; () for none.
+    """
     self.vocab_size = int(vocab_size)
     eos = eos_id if eos_id is not None else (bos_id if bos_id is not None else 0)
     self.eos_id = _resolve_id("eos", eos, -1, self.vocab_size)
@@ -203,6 +253,13 @@ class IdTokenizer:
                               self.vocab_size)
     self.pad_id = _resolve_id("pad", pad_id if pad_id is not None else self.eos_id, -1,
                               self.vocab_size)
+    self.unk_id = None if unk_id is None else _resolve_id("unk", unk_id, -1, self.vocab_size)
+    self.mask_id = None if mask_id is None else _resolve_id("mask", mask_id, -1,
+                                                             self.vocab_size)
+    self.special_ids = frozenset(
+        i for i in (self.pad_id, self.bos_id, self.eos_id, self.unk_id, self.mask_id)
+        if i is not None)
+    self.sentinel_ids = _check_sentinels(sentinel_ids)
 
   def _no_text(self, what: str):
     raise ValueError(f"this model has no text tokenizer (it was converted from a folder "
@@ -234,13 +291,38 @@ def load_tokenizer(directory: str) -> ByteTokenizer | SentencePieceTokenizer | I
   if kind == SentencePieceTokenizer.kind:
     # The saved ids are the ones the model was trained or converted with; older files (all
     # 0/1/2) and files without them resolve exactly as the proto says.
-    ids = {key: config[key] for key in ("pad_id", "bos_id", "eos_id") if key in config}
-    return SentencePieceTokenizer.from_file(os.path.join(directory, MODEL_FILE), **ids)
+    ids = {key: config[key] for key in ("pad_id", "bos_id", "eos_id", "mask_id")
+           if key in config}
+    return SentencePieceTokenizer.from_file(os.path.join(directory, MODEL_FILE), **ids,
+                                            sentinel_ids=config.get("sentinel_ids", ()))
   if kind == IdTokenizer.kind:
     return IdTokenizer(config["vocab_size"], pad_id=config.get("pad_id"),
-                       bos_id=config.get("bos_id"), eos_id=config.get("eos_id"))
+                       bos_id=config.get("bos_id"), eos_id=config.get("eos_id"),
+                       unk_id=config.get("unk_id"), mask_id=config.get("mask_id"),
+                       sentinel_ids=config.get("sentinel_ids", ()))
   raise ValueError(f"{path} has unknown tokenizer kind {kind!r}; expected 'byte', "
                    "'sentencepiece' or 'ids'.")
+
+
+def mask_id(tokenizer: Tokenizer) -> int:
+  """The MLM [MASK] id: the tokenizer's own (a converted BERT's [MASK]) when it has one, else
+  tokenizer.vocab_size, the id just past its vocabulary (models trained here)."""
+  own = getattr(tokenizer, "mask_id", None)
+  return tokenizer.vocab_size if own is None else int(own)
+
+
+def sentinel_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+  """The tokenizer's own T5 sentinel ids, <extra_id_0> first (a converted T5's); () for a
+  tokenizer without them, whose model puts sentinel i at model vocab_size - 1 - i."""
+  return tuple(getattr(tokenizer, "sentinel_ids", ()))
+
+
+def _check_sentinels(ids: Sequence[int]) -> tuple[int, ...]:
+  """Sentinel ids as a tuple of ints, checked to be distinct and non-negative."""
+  ids = tuple(operator.index(i) for i in ids)
+  if len(set(ids)) != len(ids) or min(ids, default=0) < 0:
+    raise ValueError(f"sentinel ids must be distinct non-negative ids, got {ids[:8]}...")
+  return ids
 
 
 def _training_lines(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
@@ -278,6 +360,13 @@ def _write_config(directory: str, tok: Tokenizer) -> None:
   """tokenizer.json: the kind, vocabulary size and the special ids in use."""
   config = {"kind": tok.kind, "vocab_size": tok.vocab_size, "pad_id": tok.pad_id,
             "bos_id": tok.bos_id, "eos_id": tok.eos_id}
+  if tok.kind == IdTokenizer.kind:  # The others' unk comes from their kind or proto.
+    config |= {k: getattr(tok, k) for k in ("unk_id",) if getattr(tok, k) is not None}
+  # Written only when present, so the files of tokenizers without them stay as they were.
+  if getattr(tok, "mask_id", None) is not None:
+    config["mask_id"] = tok.mask_id
+  if getattr(tok, "sentinel_ids", ()):
+    config["sentinel_ids"] = list(tok.sentinel_ids)
   os.makedirs(directory, exist_ok=True)
   _atomic_write(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2).encode())
 

@@ -1,5 +1,7 @@
 """BERT (`BertForMaskedLM`) <-> an llmjax encoder: post-LayerNorm blocks, embedding LayerNorm,
-token-type embeddings, GELU, biases everywhere, the MLM head tied to the word embeddings.
+token-type embeddings, biases everywhere, the MLM head tied to the word embeddings. `hidden_act`
+(exact "gelu", tanh "gelu_new" / "gelu_pytorch_tanh", or "relu") is the activation of both the
+MLP and the MLM head's transform, in BERT and in llmjax (`models.heads.mlm_activation`).
 
 Old TF-converted checkpoints name LayerNorm parameters gamma/beta; they are read as
 weight/bias. A BertForPreTraining checkpoint's pooler and next-sentence head are not part of a
@@ -24,6 +26,9 @@ MODEL_TYPES = ("bert",)
 BASE_PREFIX = "bert."
 IGNORED = (r"(bert\.)?embeddings\.position_ids",)
 UNUSED = (r"(bert\.)?pooler\..*", r"cls\.seq_relationship\..*")
+# BertTokenizer's default special tokens, for folders whose tokenizer files do not name them.
+SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]", "unk": "[UNK]",
+                  "pad": "[PAD]"}
 _ACTIVATIONS = {"gelu": ("gelu", False), "gelu_new": ("gelu", True),
                 "gelu_pytorch_tanh": ("gelu", True), "relu": ("relu", True)}
 

@@ -152,7 +152,7 @@ def checkpoint_dtype(folder: SafetensorsFolder, plan: TensorPlan) -> str:
 
 
 def _abstract_params(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
-  from llmjax.models.interface import LanguageModel  # Models import training (losses).
+  from llmjax.models.interface import LanguageModel
 
   lm = LanguageModel(config)
   return traverse_util.flatten_dict(jax.eval_shape(lm.init, jax.random.PRNGKey(0)), sep="/")

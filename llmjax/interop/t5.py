@@ -17,6 +17,8 @@ from llmjax.models.config import ModelConfig
 MODEL_TYPES = ("t5",)
 BASE_PREFIX = ""
 IGNORED: tuple[str, ...] = ()
+# T5Tokenizer's default number of sentinels <extra_id_i>, laid out after the pieces.
+EXTRA_IDS = 100
 _FEED_FORWARD = {"relu": ("relu", True), "gated-gelu": ("geglu", True),
                  "gelu": ("gelu", False), "gelu_new": ("gelu", True)}
 

@@ -3,9 +3,11 @@
 A converted workdir is a normal one for `llmjax.load`, `llmjax sample` and fine-tuning
 (`TrainConfig.init_from`): run_config.json (its "model" entry, plus "converted_from"),
 checkpoints/0 holding the params, tokenizer/ and model.gin (the ModelConfig as a gin file, for
-`llmjax train --gin_file`). The tokenizer is the folder's SentencePiece `tokenizer.model` when it
-has one (LLaMA, T5); otherwise (GPT-2's BPE, BERT's WordPiece, which llmjax does not read) an
-ids-only tokenizer that carries the special ids, so generation works on token ids.
+`llmjax train --gin_file`), all written and read through llmjax/workdir.py. The tokenizer is
+the folder's SentencePiece model when it has one (LLaMA, T5); otherwise (GPT-2's BPE, BERT's
+WordPiece, which llmjax does not read) an ids-only tokenizer that carries the special ids, so
+generation works on token ids; its special ids and a T5's sentinels come from config.json and
+the folder's tokenizer files (interop/hf_tokenizer.py).
 
 Both directions build their output in a temporary sibling directory and rename it at the end:
 an interrupted conversion leaves nothing half-written, and an existing directory is never
@@ -24,14 +26,13 @@ from typing import Any
 
 import jax
 
+from llmjax import workdir as workdir_lib
 from llmjax.data import tokenizer as tokenizer_lib
 from llmjax.interop import hf
+from llmjax.interop.hf_tokenizer import hf_tokenizer, special_ids
 from llmjax.interop.safetensors_io import SINGLE_FILE, write_safetensors
 from llmjax.models.config import ModelConfig
-
-RUN_CONFIG = "run_config.json"
-MODEL_GIN = "model.gin"
-_SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+from llmjax.models.interface import LanguageModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,45 +83,6 @@ def _publish(staging: str, path: str) -> None:
   os.rename(staging, path)
 
 
-def special_ids(hf_dir: str, hf_config: dict[str, Any]) -> dict[str, int]:
-  """bos/eos/pad/decoder-start ids from config.json, else generation_config.json."""
-  ids = {k: hf_config[k] for k in _SPECIAL_IDS if isinstance(hf_config.get(k), int)}
-  path = os.path.join(hf_dir, "generation_config.json")
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      generation = json.load(f)
-    ids |= {k: generation[k] for k in _SPECIAL_IDS
-            if k not in ids and isinstance(generation.get(k), int)}
-  return ids
-
-
-def hf_tokenizer(hf_dir: str, config: ModelConfig, ids: dict[str, int]) -> tuple[Any, str]:
-  """(tokenizer, description) for a converted model: the folder's SentencePiece model, or an
-  ids-only tokenizer with the model's special ids.
-
-  Raises:
-    ValueError: the tokenizer has more ids than the model's vocabulary.
-  """
-  # T5 has no BOS: its decoder starts from decoder_start_token_id (the pad id).
-  bos = ids.get("decoder_start_token_id") if config.architecture == "encoder_decoder" else None
-  bos = ids.get("bos_token_id") if bos is None else bos
-  eos, pad = ids.get("eos_token_id"), ids.get("pad_token_id")
-  path = os.path.join(hf_dir, tokenizer_lib.MODEL_FILE)
-  if os.path.isfile(path):
-    tok = tokenizer_lib.SentencePieceTokenizer.from_file(path, pad_id=pad, bos_id=bos,
-                                                         eos_id=eos)
-    what = f"SentencePiece {tokenizer_lib.MODEL_FILE} ({tok.vocab_size} pieces)"
-  else:
-    tok = tokenizer_lib.IdTokenizer(config.vocab_size, pad_id=pad, bos_id=bos, eos_id=eos)
-    what = ("ids only (no SentencePiece tokenizer.model in the folder: generate and score "
-            "with token ids)")
-  if tok.vocab_size > config.vocab_size:
-    raise ValueError(f"{path} has {tok.vocab_size} pieces, more than the model's vocab_size "
-                     f"{config.vocab_size} in config.json: ids past {config.vocab_size - 1} "
-                     "would have no embedding. Use the tokenizer the model was trained with.")
-  return tok, what
-
-
 def model_gin(config: ModelConfig, source: str) -> str:
   """config as a gin model file (every field bound, so it overrides an earlier model file)."""
   lines = [f"# ModelConfig of the model converted from {source} (llmjax convert).",
@@ -147,27 +109,21 @@ def import_hf(hf_dir: str, workdir: str, *, mesh: jax.sharding.Mesh | None = Non
     FileExistsError: workdir exists and is not empty.
     ValueError / FileNotFoundError: anything wrong with the folder, before writing anything.
   """
-  from llmjax.training import checkpoint as ckpt_lib
-
   start = time.perf_counter()
   hf_dir = os.path.abspath(os.fspath(hf_dir))
   workdir = _fresh_destination(workdir, "--workdir")
   model = hf.load_hf(hf_dir, mesh=mesh, rules=rules, **config_overrides)
   ids = special_ids(hf_dir, model.hf_config)
-  tok, tok_what = hf_tokenizer(hf_dir, model.config, ids)
+  tok, tok_what = hf_tokenizer(hf_dir, model.config, ids, model.model_type)
 
   staging = _staging(workdir)
   try:
-    with ckpt_lib.Checkpointer(staging, keep=1, async_save=False) as ckpt:
-      ckpt.save(0, {"params": model.params})
-    tok.save(os.path.join(staging, "tokenizer"))
-    record = {"model": dataclasses.asdict(model.config),
-              "converted_from": {"hf_dir": hf_dir, "model_type": model.model_type,
-                                 "special_ids": ids, "hf_config": model.hf_config}}
-    with open(os.path.join(staging, RUN_CONFIG), "w", encoding="utf-8") as f:
-      json.dump(record, f, indent=2, sort_keys=True)
-    with open(os.path.join(staging, MODEL_GIN), "w", encoding="utf-8") as f:
-      f.write(model_gin(model.config, hf_dir))
+    workdir_lib.save_params(staging, model.params, step=0)
+    record = workdir_lib.converted_record(
+        model.config, {"hf_dir": hf_dir, "model_type": model.model_type, "special_ids": ids,
+                       "hf_config": model.hf_config})
+    workdir_lib.write_run_files(staging, record, tokenizer=tok,
+                                model_gin=model_gin(model.config, hf_dir))
     _publish(staging, workdir)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
@@ -180,15 +136,6 @@ def import_hf(hf_dir: str, workdir: str, *, mesh: jax.sharding.Mesh | None = Non
       unused=model.unused)
 
 
-def _read_run_config(workdir: str) -> dict[str, Any]:
-  path = os.path.join(workdir, RUN_CONFIG)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: {workdir} is not an llmjax workdir (made by "
-                            "`llmjax train` or `llmjax convert --from_hf`).")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
 def export_hf(workdir: str, out: str, *, step: int | None = None) -> ConversionReport:
   """Writes an llmjax workdir's params as an HF folder (config.json + model.safetensors, and
   tokenizer.model when the workdir has a SentencePiece tokenizer) that `transformers` loads
@@ -198,28 +145,22 @@ def export_hf(workdir: str, out: str, *, step: int | None = None) -> ConversionR
     ValueError: the model has no HF equivalent (naming the fields that rule each one out).
     FileExistsError: `out` exists and is not empty.
   """
-  from llmjax.models.interface import LanguageModel
-  from llmjax.training import checkpoint as ckpt_lib
-
   start = time.perf_counter()
-  workdir = os.path.abspath(os.fspath(workdir))
-  run_config = _read_run_config(workdir)
-  config = ModelConfig(**run_config["model"])
-  source = run_config.get("converted_from") or {}
+  record = workdir_lib.read_run_config(workdir, flag="--workdir")
+  workdir, config = record.workdir, record.model
+  source = record.converted_from or {}
   module = hf.export_architecture(config, source.get("model_type"))
   out = _fresh_destination(out, "--out")
-  if ckpt_lib.latest_step(workdir) is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_lib.checkpoint_dir(workdir)}.")
+  step = workdir_lib.resolve_step(workdir, step, flag="--workdir")
   ids = dict(source.get("special_ids") or {})
-  tokenizer_dir = os.path.join(workdir, "tokenizer")
   tok = None
-  if os.path.isfile(os.path.join(tokenizer_dir, tokenizer_lib.CONFIG_FILE)):
-    tok = tokenizer_lib.load_tokenizer(tokenizer_dir)
+  if workdir_lib.has_tokenizer(workdir):
+    tok = workdir_lib.load_tokenizer(workdir)
     if not ids:
       ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
       if config.architecture == "encoder_decoder":
         ids["decoder_start_token_id"] = tok.bos_id
-  params = ckpt_lib.restore_params(
+  params = workdir_lib.restore_params(
       workdir, jax.eval_shape(LanguageModel(config).init, jax.random.PRNGKey(0)), step=step)
 
   staging = _staging(out)
@@ -239,7 +180,8 @@ def export_hf(workdir: str, out: str, *, step: int | None = None) -> ConversionR
     size = write_safetensors(os.path.join(staging, SINGLE_FILE), specs, fetch,
                              {"format": "pt"})
     if tok is not None and tok.kind == tokenizer_lib.SentencePieceTokenizer.kind:
-      shutil.copy(os.path.join(tokenizer_dir, tokenizer_lib.MODEL_FILE), staging)
+      shutil.copy(os.path.join(workdir_lib.tokenizer_dir(workdir), tokenizer_lib.MODEL_FILE),
+                  staging)
     _publish(staging, out)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)

@@ -65,20 +65,26 @@ class ModelConfig:
     tie_embeddings: reuse the input embedding as the output projection.
     use_bias: biases on dense layers.
     dropout_rate: dropout on attention output, MLP output and embeddings.
-    dtype: compute dtype; param_dtype: storage dtype of parameters.
+    precision: 'auto', 'float32', 'mixed_bfloat16' or 'bfloat16' (models/precision.py).
+    dtype: compute dtype; param_dtype: storage dtype of parameters (as created, loaded, served
+      and exported). Training keeps fp32 master parameters and fp32 optimizer state whatever
+      param_dtype says; only precision='bfloat16' trains the parameters in bf16.
     scan_layers: run blocks under nn.scan (fast compile) instead of a Python loop.
     scan_unroll: layers per iteration of that scan. Parameters keep their stacked [layers, ...]
-      layout whatever the value; >= num_layers compiles straight-line code (slower to compile,
-      but on CPU 25-35% faster for small models: no per-layer dynamic slices and stacked
-      residual writes; benchmarks/NOTES.md).
+      layout whatever the value; >= num_layers compiles straight-line code (slower to compile;
+      on CPU faster for small models: no per-layer dynamic slices and stacked residual writes,
+      see benchmarks/NOTES.md).
     remat_policy: what the backward pass recomputes: 'none' (save every activation), 'full'
       (save only block inputs), 'dots' (save matmul outputs), 'dots_no_batch' (save only
       weight matmuls), 'offload' (as dots_no_batch, saved to host memory; GPU/TPU only).
     attention_scale: factor on the query-key products; None = head_dim ** -0.5. T5 folds that
       factor into its weights and uses 1.0.
-    attention_impl: 'einsum' (llmjax's two-einsum softmax attention), or 'xla' / 'cudnn' for
-      jax.nn.dot_product_attention; None = 'einsum' on CPU, where it is fastest, else
-      jax.nn.dot_product_attention's own choice (cuDNN flash attention on GPUs that have it).
+    attention_impl: 'einsum' (llmjax's CPU attention, models/cpu_kernels.py), 'xla' or
+      'cudnn' (jax.nn.dot_product_attention with that implementation; 'cudnn' fails for a
+      self-attention cuDNN cannot run), or None, the platform default: 'einsum' on CPU; on CUDA
+      GPUs cuDNN flash attention wherever it can run (bf16/fp16; head_dim a multiple of 8, at
+      most 128, or 256 from Hopper; a causal, causal-window or no mask; no position bias,
+      packed segments or KV cache), else XLA; XLA on TPU and elsewhere (attention_plan.py).
     num_classes: encoder only: a pooled classification head with this many classes replaces
       the masked-LM head.
     pooling: how the classification head pools the sequence: 'first' token or 'mean'.

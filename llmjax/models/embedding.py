@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llmjax.models.linear import linear
+from llmjax.models.backend import backend_for
 from llmjax.models.norms import make_norm
 from llmjax.models.position import LearnedPositions, sinusoidal_embedding
 from llmjax.sharding import axes
@@ -62,7 +62,7 @@ def vocab_projection(module: nn.Module, config: Any, x: jax.Array, embed: Embed,
             nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
             (axes.EMBED, axes.VOCAB)),
         (config.embed_dim, config.vocab_size), config.weight_dtype)
-    logits = linear(x, kernel.astype(config.compute_dtype))
+    logits = backend_for(config).dense(x, kernel.astype(config.compute_dtype))
   if bias:
     value = module.param("output_bias",
                          nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB,)),

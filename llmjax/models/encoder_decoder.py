@@ -15,9 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llmjax.models.attention import make_cross_mask
 from llmjax.models.config import ModelConfig
 from llmjax.models.embedding import Embed, vocab_projection
+from llmjax.models.masks import make_cross_mask
 from llmjax.models.norms import make_norm
 from llmjax.models.position import LearnedPositions, sinusoidal_embedding
 from llmjax.models.stack import Cache, TransformerStack
@@ -80,7 +80,7 @@ class EncoderDecoder(nn.Module):
 
     Without a cache, `encoded` [b, s, d] and `encoder_segment_ids` [b, s] are required
     (decoder segment k cross-attends to encoder segment k). With a cache (from
-    `encode_for_decoding`), the encoder is not needed: its keys/values are in the cache.
+    `Decoder.encode`), the encoder is not needed: its keys/values are in the cache.
     """
     positions, segment_ids = default_positions(tokens, positions, segment_ids)
     x = self._embed(tokens, positions, "decoder")
@@ -127,7 +127,8 @@ def cross_kv(params: Any, encoded: jax.Array, config: ModelConfig) -> dict[str, 
   """Every decoder layer's cross-attention keys/values from the encoder output.
 
   Args:
-    params: the EncoderDecoder params (plain, unboxed).
+    params: the EncoderDecoder params (plain, unboxed), the decoder stack scanned ("layers",
+      [l, ...] leaves) or unrolled ("layers_<i>"; a scanned model's decode layout too).
     encoded: [b, s, d] encoder output.
     config: the model config.
 
@@ -135,12 +136,11 @@ def cross_kv(params: Any, encoded: jax.Array, config: ModelConfig) -> dict[str, 
     {"cross_k", "cross_v"}: [l, b, g, s, k] in the compute dtype.
   """
   decoder = params["decoder"]
-  if config.scan_layers:
+  stacked = "layers" in decoder
+  if stacked:
     layers = [decoder["layers"]["cross_attention"]]
-    stacked = True
   else:
     layers = [decoder[f"layers_{i}"]["cross_attention"] for i in range(config.decoder_layers)]
-    stacked = False
   dtype = config.compute_dtype
   x = encoded.astype(dtype)
 

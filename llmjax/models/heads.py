@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmjax.models.backend import backend_for
 from llmjax.models.config import ModelConfig
-from llmjax.models.linear import linear
 from llmjax.models.mlp import activation
 from llmjax.models.norms import make_norm, norm_num_params
 from llmjax.sharding import axes
@@ -20,7 +20,7 @@ def _dense(module: nn.Module, name: str, x: jax.Array, shape: tuple[int, int],
   cfg = module.config
   kernel = module.param(name, nn.with_logical_partitioning(_INIT, names), shape,
                         cfg.weight_dtype)
-  y = linear(x, kernel.astype(cfg.compute_dtype))
+  y = backend_for(cfg).dense(x, kernel.astype(cfg.compute_dtype))
   if use_bias:
     bias = module.param(f"{name}_bias",
                         nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),
@@ -29,8 +29,16 @@ def _dense(module: nn.Module, name: str, x: jax.Array, shape: tuple[int, int],
   return y
 
 
+def mlm_activation(config: ModelConfig) -> str:
+  """The MLM transform's nonlinearity: the MLP's own, as in BERT (both follow `hidden_act`):
+  'relu' for a ReLU MLP, else GELU (exact or tanh by config.gelu_approximate; gated MLPs,
+  which no BERT has, keep GELU)."""
+  return "relu" if config.mlp == "relu" else "gelu"
+
+
 class MlmTransform(nn.Module):
-  """BERT's prediction-head transform before the vocabulary projection: dense, GELU, norm."""
+  """BERT's prediction-head transform before the vocabulary projection: dense, the MLP's
+  activation (`mlm_activation`), norm."""
 
   config: ModelConfig
 
@@ -38,7 +46,7 @@ class MlmTransform(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """[b, t, d] -> [b, t, d]."""
     d = self.config.embed_dim
-    h = activation(self.config, "gelu")(
+    h = activation(self.config, mlm_activation(self.config))(
         _dense(self, "dense", x, (d, d), (axes.EMBED, axes.POOLED), self.config.use_bias))
     return make_norm(self.config, "norm")(h)
 

@@ -2,15 +2,17 @@
 
 It wraps the Flax module a `ModelConfig` names (DecoderOnly, EncoderOnly or EncoderDecoder) and
 exposes plain functions of explicit params: `init`, `apply`, `loss_fn`, `score`, `logits_fn`,
-`init_cache`, `encode_for_decoding`, plus the analytic `num_params` and `flops_per_token` used
-for logging and MFU. Callers never branch on the architecture: batches carry the keys their
-family needs (see `batch_keys`).
+`decoder` (everything generation needs, as one typed `Decoder`: models/decoder.py), plus the
+analytic `num_params` and `flops_per_token` used for logging and MFU. Callers never branch on
+the architecture: batches carry the keys their family needs (see `batch_keys`).
 
 Batch formats ([b, t] int32 unless said):
 - decoder (causal LM) and encoder (MLM): inputs, targets, weights (float32), segment_ids,
   positions.
 - encoder with a classification head: inputs, segment_ids, positions; labels [b] int32,
   weights [b] float32 (0 = padding row).
+- encoders may also carry token_types [b, t] (BERT's segment A = 0 / B = 1: sentence pairs),
+  added through the token-type embedding (ModelConfig.type_vocab_size); absent = type 0.
 - encoder_decoder: encoder_inputs, encoder_segment_ids, encoder_positions [b, s]; inputs (the
   decoder input, BOS-started targets shifted right), targets, weights, segment_ids, positions
   [b, t].
@@ -28,14 +30,15 @@ import jax.numpy as jnp
 
 from llmjax.models.attention import attention_num_params
 from llmjax.models.config import ModelConfig
+from llmjax.models.decoder import Decoder, unstack_layers
 from llmjax.models.encoder import EncoderOnly
 from llmjax.models.encoder_decoder import EncoderDecoder, cross_kv
 from llmjax.models.heads import classification_head_num_params, mlm_transform_num_params
+from llmjax.models.losses import cross_entropy_with_z_loss, token_log_likelihood
 from llmjax.models.mlp import GATED, mlp_num_params
 from llmjax.models.norms import norm_num_params
-from llmjax.models.stack import Cache, split_cache
+from llmjax.models.stack import Cache, cache_slots, split_cache
 from llmjax.models.transformer import DecoderOnly
-from llmjax.training.losses import cross_entropy_with_z_loss, token_log_likelihood
 
 Batch = Mapping[str, Any]
 
@@ -48,21 +51,6 @@ def batch_keys(config: ModelConfig) -> tuple[str, ...]:
   if config.is_classifier:
     return ("inputs", "segment_ids", "positions", "labels", "weights")
   return ("inputs", "targets", "weights", "segment_ids", "positions")
-
-
-def _unstack_layers(tree: Any) -> Any:
-  """Replaces every scanned stack's {"layers": [l, ...] leaves} by {"layers_<i>": ...}."""
-  if not isinstance(tree, Mapping):
-    return tree
-  out = {}
-  for key, value in tree.items():
-    if key == "layers" and isinstance(value, Mapping):
-      depth = jax.tree.leaves(value)[0].shape[0]
-      for i in range(depth):
-        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], value)
-    else:
-      out[key] = _unstack_layers(value)
-  return out
 
 
 class LanguageModel:
@@ -135,9 +123,14 @@ class LanguageModel:
   # Forward passes.
   def apply(self, params: Any, batch_or_tokens: Batch | jax.Array,
             positions: jax.Array | None = None, segment_ids: jax.Array | None = None, *,
-            cache: Cache | None = None, deterministic: bool = True,
+            token_types: jax.Array | None = None, cache: Cache | None = None,
+            deterministic: bool = True,
             rng: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """Logits for a batch dict or a [b, t] token array (decoder and encoder only).
+
+    Args:
+      token_types: encoder only: [b, t] token-type ids (or the batch's "token_types");
+        None = type 0 everywhere.
 
     Returns:
       ([b, t, v] float32 logits, or [b, num_classes] for a classifier; updated cache or None).
@@ -148,11 +141,17 @@ class LanguageModel:
         batch["positions"] = positions
       if segment_ids is not None:
         batch["segment_ids"] = segment_ids
+      if token_types is not None:
+        batch["token_types"] = token_types
     else:
       if self.is_encoder_decoder:
         raise ValueError("an encoder_decoder model needs a batch dict with encoder_inputs and "
                          "(decoder) inputs, not a token array.")
-      batch = {"inputs": batch_or_tokens, "positions": positions, "segment_ids": segment_ids}
+      batch = {"inputs": batch_or_tokens, "positions": positions, "segment_ids": segment_ids,
+               "token_types": token_types}
+    if batch.get("token_types") is not None and self.config.architecture != "encoder":
+      raise ValueError(f"token_types are an encoder's (BERT's segment A/B); a "
+                       f"{self.config.architecture!r} model has no token-type embedding.")
     if "encoder_inputs" in batch and not self.is_encoder_decoder:
       raise ValueError(
           f"the batch has encoder_inputs, but a {self.config.architecture!r} model has no "
@@ -166,13 +165,14 @@ class LanguageModel:
     variables = {"params": params}
     if self.is_encoder_decoder:
       if cache is not None:
-        raise ValueError("decode an encoder_decoder model with logits_fn and a cache from "
-                         "encode_for_decoding.")
+        raise ValueError("decode an encoder_decoder model through LanguageModel.decoder(params): "
+                         "its encode builds the cache.")
       return self._module(deterministic).apply(variables, *self._module_args(batch), rngs=rngs)
     if self.config.architecture == "encoder":
       if cache is not None:
         raise ValueError("an encoder-only model has no KV cache: it does not decode.")
       return self.module.apply(variables, *self._module_args(batch),
+                               token_types=batch.get("token_types"),
                                deterministic=deterministic, rngs=rngs)
     return self.module.apply(variables, *self._module_args(batch), cache=cache,
                              deterministic=deterministic, rngs=rngs)
@@ -202,10 +202,15 @@ class LanguageModel:
 
   def logits_fn(self, params: Any, tokens: jax.Array, positions: jax.Array,
                 cache: Cache | None) -> tuple[jax.Array, Cache | None]:
-    """Sampling entry point: ([b, t, v] logits, cache) for decoder tokens at `positions`."""
+    """([b, t, v] logits, cache) for decoder tokens at `positions`, params as trained.
+
+    With cache=None it is a decoder's full forward pass. Generation goes through `decoder`,
+    whose `logits_fn` is this function of an unrolled twin of the model.
+    """
     if self.is_encoder_decoder:
       if cache is None:
-        raise ValueError("encoder_decoder decoding needs the cache from encode_for_decoding.")
+        raise ValueError("encoder_decoder decoding needs the cache from "
+                         "LanguageModel.decoder(params).encode.")
       return self.module.apply({"params": params}, tokens, positions, cache=cache,
                                method=EncoderDecoder.decode)
     if not self.can_decode:
@@ -213,78 +218,95 @@ class LanguageModel:
                        "instead (llmjax sample --mode=fill_mask).")
     return self.apply(params, tokens, positions, cache=cache)
 
-  def decoding_params(self, params: Any) -> Any:
-    """`params` laid out for `decoding_logits_fn`: each scanned stack's [l, ...] layers split
-    into `layers_<i>` subtrees (the unrolled layout).
+  # Decoding.
+  def decoder(self, params: Any) -> Decoder:
+    """Everything generation needs, as one typed value (models/decoder.py).
 
-    A decode loop that reads stacked weights slices (copies) every layer's weights out of them
-    at every step (XLA does not hoist the slices out of the while loop): 36% of a CPU decode
-    step of the GPT-baby shape (benchmarks/NOTES.md). Call it once, before the loop (inside
-    the same jit, it costs one copy of the weights per call). Unscanned params pass through.
+    Build it inside the jitted program that decodes: the decode layout of `params` is then
+    made inside that program, so no second copy of the weights outlives a call (or with
+    `jax.eval_shape(model.decoder, params)` for its static facts alone).
+
+    The decode layout is the model's own choice, identical on every backend today: the
+    decoder stack of a scanned model unrolled (`decoder.unstack_layers`; reading stacked
+    weights in a while loop slices every layer's weights at every step; an encoder, run once
+    per call, stays scanned) and a cache of one [1, b, ...] array per layer
+    (`stack.split_cache`; writing layer i back into a stacked cache copied the whole cache at
+    every step, a third of a batch-8 CPU decode step, benchmarks/NOTES.md).
+
+    Raises:
+      ValueError: for an encoder-only model, which does not generate text.
     """
-    if not self.config.scan_layers:
-      return params
-    return _unstack_layers(params)
-
-  def decoding_cache(self, cache: Cache) -> Cache:
-    """`cache` (from init_cache / encode_for_decoding) laid out for `decoding_logits_fn`: each
-    per-layer [l, b, ...] entry split into a tuple of l one-layer [1, b, ...] arrays.
-
-    A decode loop then updates every layer's cache in place; writing layer i back into a
-    stacked array copied it at every step (a third of a batch-8 CPU decode step,
-    benchmarks/NOTES.md). Leaves keep the batch at axis 1, so beam search reorders it as is.
-    """
-    return split_cache(cache)
-
-  def decoding_logits_fn(self, decoding_params: Any, tokens: jax.Array, positions: jax.Array,
-                         cache: Cache | None) -> tuple[jax.Array, Cache | None]:
-    """`logits_fn` over `decoding_params(params)` and a `decoding_cache`: the same logits,
-    computed by the unrolled twin of this model (it also takes a stacked cache)."""
-    if not self.config.scan_layers:
-      return self.logits_fn(decoding_params, tokens, positions, cache)
-    return self._unrolled.logits_fn(decoding_params, tokens, positions, cache)
+    cfg = self.config
+    if cfg.is_classifier:
+      raise ValueError("a classifier (an encoder with num_classes) does not generate text: "
+                       "its output is class logits (LanguageModel.apply, LoadedModel.logits).")
+    if not self.can_decode:
+      raise ValueError("an encoder-only (MLM) model does not generate text: fill masks instead "
+                       "(LoadedModel.fill_mask, llmjax sample --mode=fill_mask).")
+    if cfg.scan_layers:
+      params = {**params, "decoder": unstack_layers(params["decoder"])}
+    return Decoder(
+        params=params,
+        # The unrolled twin reads the decoder's layers_<i>; decode never reads the encoder.
+        logits_fn=self._unrolled.logits_fn,
+        init_cache=self._decode_cache,
+        cache_length=cache_slots,
+        vocab_size=cfg.vocab_size,
+        max_seq_len=cfg.max_seq_len,
+        encode=self._encode if self.is_encoder_decoder else None,
+        max_encoder_len=(cfg.max_seq_len if self.is_encoder_decoder and cfg.position == "learned"
+                         else None))
 
   @functools.cached_property
   def _unrolled(self) -> LanguageModel:
+    """This model with unscanned layers: it computes the same logits from unstacked params."""
+    if not self.config.scan_layers:
+      return self
     return LanguageModel(self.config.replace(scan_layers=False))
 
-  def init_cache(self, batch_size: int, max_len: int) -> Cache:
+  def _init_cache(self, batch_size: int, max_len: int) -> Cache:
     """An all-zero self-attention cache {"k", "v"} [l, b, g, max_len, k] (compute dtype)."""
-    if not self.can_decode:
-      raise ValueError("an encoder-only model has no KV cache: it does not decode.")
-    self._check_length(max_len)
+    if batch_size <= 0 or max_len <= 0:
+      raise ValueError(f"a KV cache needs a positive batch_size and max_len, got batch_size="
+                       f"{batch_size}, max_len={max_len}.")
+    if max_len > self.config.max_seq_len:
+      raise ValueError(
+          f"cache max_len={max_len} exceeds the model's max_seq_len={self.config.max_seq_len}: "
+          "positions past max_seq_len were never trained; lower max_len or use a model with a "
+          "larger max_seq_len.")
     cfg = self.config
     layers = cfg.decoder_layers if self.is_encoder_decoder else cfg.num_layers
     shape = (layers, batch_size, cfg.kv_heads, max_len, cfg.dim_per_head)
     return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
 
-  def encode_for_decoding(self, params: Any, encoder_tokens: jax.Array,
-                          encoder_segment_ids: jax.Array | None, max_len: int) -> Cache:
-    """Runs the encoder once and returns the full decode cache of an encoder_decoder model.
+  def _decode_cache(self, batch_size: int, max_len: int) -> Cache:
+    """`Decoder.init_cache`: the all-zero cache split per layer (see `decoder`)."""
+    return split_cache(self._init_cache(batch_size, max_len))
+
+  def _encode(self, params: Any, encoder_tokens: jax.Array,
+              encoder_segment_ids: jax.Array | None, max_len: int) -> Cache:
+    """`Decoder.encode`: runs the encoder once and returns the full decode cache.
 
     Args:
-      params: the params.
+      params: the params, with the decoder stack scanned or unrolled (the decode layout).
       encoder_tokens: [b, s] encoder ids (right-padded).
       encoder_segment_ids: [b, s], 0 on padding (None = no padding).
       max_len: decoder cache slots per row.
 
     Returns:
-      {"k", "v"} [l, b, g, max_len, k] zeros, {"cross_k", "cross_v"} [l, b, g, s, k] and
-      "encoder_mask" [1, b, s] (int32, 1 = real token).
+      {"k", "v"} zeros with max_len slots, {"cross_k", "cross_v"} with s slots, each split per
+      layer into [1, b, g, slots, k] arrays, and "encoder_mask" [1, b, s] (int32, 1 = real
+      token).
     """
-    if not self.is_encoder_decoder:
-      raise ValueError(
-          f"encode_for_decoding needs architecture='encoder_decoder' (cross-attention); this "
-          f"model is {self.config.architecture!r}: use init_cache for a decoder.")
     self._check_length(encoder_tokens.shape[-1])
     if encoder_segment_ids is None:
       encoder_segment_ids = jnp.ones_like(encoder_tokens)
     encoded = self.module.apply({"params": params}, encoder_tokens, None, encoder_segment_ids,
                                 method=EncoderDecoder.encode)
-    cache = self.init_cache(encoder_tokens.shape[0], max_len)
+    cache = self._init_cache(encoder_tokens.shape[0], max_len)
     cache.update(cross_kv(params, encoded, self.config))
     cache["encoder_mask"] = (encoder_segment_ids > 0).astype(jnp.int32)[None]
-    return cache
+    return split_cache(cache)
 
   def _check_length(self, length: int) -> None:
     # Learned tables silently clip past their end; catch that before compiling anything.

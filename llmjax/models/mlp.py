@@ -1,4 +1,8 @@
-"""Feed-forward blocks: GELU / ReLU (two matrices) and SwiGLU / GeGLU (gated, three matrices)."""
+"""Feed-forward blocks: GELU / ReLU (two matrices) and SwiGLU / GeGLU (gated, three matrices).
+
+gelu(x W_in) W_out, or (act(x W_gate) * x W_up) W_out; the matmuls are the backend's `dense`
+(models/backend.py).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 
+from llmjax.models.backend import backend_for
 from llmjax.models.config import ModelConfig
-from llmjax.models.linear import linear
 from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
 
@@ -35,7 +39,7 @@ class Mlp(nn.Module):
     cfg = self.config
     kernel = self.param(name, nn.with_logical_partitioning(_INIT, names), shape,
                         cfg.weight_dtype)
-    y = linear(x, kernel.astype(cfg.compute_dtype))
+    y = backend_for(cfg).dense(x, kernel.astype(cfg.compute_dtype))
     if cfg.use_bias:
       bias = self.param(f"{name}_bias",
                         nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),

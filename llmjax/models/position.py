@@ -6,6 +6,12 @@ current length while decoding), never implied by array indices. The bias schemes
 `[b, h, t, s]` additive biases for `jax.nn.dot_product_attention(bias=...)`, from query
 positions [b, t] and key positions [b, s] (while decoding, key slot j holds position j), so the
 same code serves training and cached decoding and GPUs keep the fused attention kernel.
+
+The stacks build the biases in float32 whatever the compute dtype: bf16 keeps 8 significant
+bits, so an ALiBi bias of slope x distance (e.g. -0.0625 x 599 = -37.4) would be off by up to
+0.125 in the attention logits, and a T5 table entry by 0.4% of its value. The einsum attention
+adds them to its float32 scores as they are; `jax.nn.dot_product_attention` takes the bias in
+the query dtype, and casts there.
 """
 
 from __future__ import annotations
@@ -111,7 +117,8 @@ class RelativePositionBias(nn.Module):
     num_heads: query heads h.
     num_buckets / max_distance: see `relative_position_bucket`.
     bidirectional: encoder stacks (True) tell keys before and after the query apart.
-    dtype: output dtype; param_dtype: storage dtype.
+    dtype: output dtype (the stacks ask for float32, see the module docstring); param_dtype:
+      storage dtype.
   """
 
   num_heads: int
@@ -155,7 +162,8 @@ def alibi_bias(q_positions: jax.Array, k_positions: jax.Array, num_heads: int,
   """[b, t] query and [b or 1, s] key positions -> [b, h, t, s] bias -slope_h * |q - k|.
 
   The symmetric distance serves bidirectional stacks; causal stacks mask keys ahead of the
-  query, so for them it equals ALiBi's original q - k.
+  query, so for them it equals ALiBi's original q - k. Computed in float32 and then cast to
+  `dtype` (the stacks keep float32, see the module docstring).
   """
   distance = jnp.abs(q_positions[:, :, None] - k_positions[:, None, :]).astype(jnp.float32)
   bias = -alibi_slopes(num_heads)[None, :, None, None] * distance[:, None]

@@ -21,9 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llmjax.models.attention import make_cache_mask, make_segment_mask
+from llmjax.models.backend import backend_for
 from llmjax.models.blocks import Block
 from llmjax.models.config import ModelConfig
+from llmjax.models.masks import MaskSpec
 from llmjax.models.position import RelativePositionBias, alibi_bias
 from llmjax.sharding import axes
 
@@ -114,38 +115,42 @@ class TransformerStack(nn.Module):
   cross: bool = False
   deterministic: bool = True
 
-  def _mask_and_bias(self, positions: jax.Array, segment_ids: jax.Array,
-                     cache: Cache | None) -> tuple[jax.Array, jax.Array | None]:
+  def _mask_and_bias(self, positions: jax.Array, segment_ids: jax.Array | None,
+                     cache: Cache | None) -> tuple[MaskSpec, jax.Array | None]:
     cfg = self.config
+    # The dense form of the mask, where the backend's attention reads one, is built here once.
+    prepare = backend_for(cfg).prepare_mask
     if cache is None:
-      mask = make_segment_mask(segment_ids, causal=self.causal, window=cfg.sliding_window)
+      mask = prepare(MaskSpec.self_attention(positions.shape[1], causal=self.causal,
+                                             window=cfg.sliding_window, segment_ids=segment_ids))
       key_positions = positions
     else:
       if not self.causal:
         raise ValueError("a KV cache only serves causal (decoder) stacks.")
       length = cache_slots(cache)
-      mask = make_cache_mask(positions, length, window=cfg.sliding_window)
+      mask = prepare(MaskSpec.over_cache(positions, length, window=cfg.sliding_window))
       key_positions = jnp.arange(length, dtype=positions.dtype)[None]  # Slot j holds position j.
     if cfg.position == "t5_relative":
       bias = RelativePositionBias(cfg.num_heads, cfg.relative_num_buckets,
                                   cfg.relative_max_distance, bidirectional=not self.causal,
-                                  dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                                  dtype=jnp.float32, param_dtype=cfg.weight_dtype,
                                   name="relpos_bias")(positions, key_positions)
     elif cfg.position == "alibi":
-      bias = alibi_bias(positions, key_positions, cfg.num_heads, cfg.compute_dtype)
+      bias = alibi_bias(positions, key_positions, cfg.num_heads, jnp.float32)
     else:
       bias = None
     return mask, bias
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
                cache: Cache | None = None, encoded: jax.Array | None = None,
                cross_mask: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """[b, t, d] -> ([b, t, d], updated cache or None).
 
     Args:
       x: embedded inputs.
-      positions / segment_ids: [b, t] (segment ids are unused with a cache).
+      positions / segment_ids: [b, t] (segment ids: None = one document per row; unused with
+        a cache).
       cache: layer-major cache ([l, b, ...] leaves) for decoding, or None.
       encoded: [b, s, d] encoder output for cross-attention without a cache.
       cross_mask: cross-attention mask, broadcastable to [b, 1, t, s].
@@ -155,8 +160,8 @@ class TransformerStack(nn.Module):
     block = block_class(cfg)
     if cfg.scan_layers:
       if cache is not None and is_split(cache):
-        raise ValueError("a split cache (LanguageModel.decoding_cache) serves the unrolled "
-                         "layers of decoding_logits_fn; pass the stacked cache to logits_fn.")
+        raise ValueError("a split cache (from LanguageModel.decoder) serves the unrolled "
+                         "layers of the Decoder's logits_fn, not a scanned stack.")
       scanned = nn.scan(
           block,
           variable_axes={"params": 0},
@@ -166,13 +171,12 @@ class TransformerStack(nn.Module):
           metadata_params={nn.PARTITION_NAME: axes.LAYERS},
           unroll=min(cfg.scan_unroll, self.num_layers),
       )
-      return scanned(cfg, self.deterministic, self.cross, self.causal, name="layers")(
+      return scanned(cfg, self.deterministic, self.cross, name="layers")(
           x, cache, positions, mask, bias, encoded, cross_mask)
 
     for i in range(self.num_layers):
       layer_cache = None if cache is None else _layer_cache(cache, i)
-      x, layer_cache = block(cfg, self.deterministic, self.cross, self.causal,
-                               name=f"layers_{i}")(
+      x, layer_cache = block(cfg, self.deterministic, self.cross, name=f"layers_{i}")(
           x, layer_cache, positions, mask, bias, encoded, cross_mask)
       if cache is not None:
         cache = _write_layer(cache, i, layer_cache)

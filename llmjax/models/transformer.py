@@ -41,7 +41,7 @@ class DecoderOnly(nn.Module):
     Args:
       tokens: [b, t] int token ids.
       positions: [b, t] positions within each document (default arange(t)).
-      segment_ids: [b, t] packed-document ids, 0 = padding (default all ones).
+      segment_ids: [b, t] packed-document ids, 0 = padding (default: one document per row).
       cache: {"k", "v"} of shape [l, b, g, s, k] for decoding, or None.
       deterministic: disables dropout.
 
@@ -49,7 +49,9 @@ class DecoderOnly(nn.Module):
       ([b, t, v] float32 logits, updated cache or None).
     """
     cfg = self.config
-    positions, segment_ids = default_positions(tokens, positions, segment_ids)
+    # Rows without segment ids stay None: one document per row, so the mask is just causal,
+    # which a fused kernel takes as a flag (cuDNN's is_causal) instead of a dense mask.
+    positions, _ = default_positions(tokens, positions, segment_ids)
     x, embed = embed_inputs(cfg, tokens, positions, deterministic)
 
     x, cache = TransformerStack(cfg, cfg.num_layers, causal=True, deterministic=deterministic,

@@ -14,6 +14,9 @@ Figures are the vendors' datasheet numbers for one chip, dense (no structured sp
   2-core reference machine, /work/shared/STACK.md); fake devices share all three, so each of n
   devices gets 1/n.
 
+The bf16 peaks are those of `llmjax.training.accelerators.PEAK_FLOPS_BF16` (the table MFU is
+computed with), under the device_kind each chip reports (`DEVICE_KINDS`).
+
 The fp32 peak is what float32 matmuls reach: on A100/H100/H200 XLA's default matmul precision
 runs them as TF32 on tensor cores; on TPU they run as bf16 passes at the bf16 rate.
 
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+
+from llmjax.training.accelerators import PEAK_FLOPS_BF16
 
 GB = 1e9
 
@@ -65,11 +70,16 @@ class DeviceSpec:
     return self.memory_bytes * self.memory_fraction
 
 
+# The bf16 peaks come from the table MFU uses, by the device_kind each chip reports.
+DEVICE_KINDS = {"h100": "NVIDIA H100 80GB HBM3", "h200": "NVIDIA H200",
+                "a100": "NVIDIA A100-SXM4-80GB", "tpu-v5p": "TPU v5"}
+_BF16 = {name: PEAK_FLOPS_BF16[kind] for name, kind in DEVICE_KINDS.items()}
 DEVICES: dict[str, DeviceSpec] = {
-    "h100": DeviceSpec("h100", "gpu", 989e12, 495e12, 80 * GB, 3.35e12, 450e9, 0.75),
-    "h200": DeviceSpec("h200", "gpu", 989e12, 495e12, 141 * GB, 4.8e12, 450e9, 0.75),
-    "a100": DeviceSpec("a100", "gpu", 312e12, 156e12, 80 * GB, 2.039e12, 300e9, 0.75),
-    "tpu-v5p": DeviceSpec("tpu-v5p", "tpu", 459e12, 459e12, 95 * GB, 2.765e12, 600e9, 0.9),
+    "h100": DeviceSpec("h100", "gpu", _BF16["h100"], 495e12, 80 * GB, 3.35e12, 450e9, 0.75),
+    "h200": DeviceSpec("h200", "gpu", _BF16["h200"], 495e12, 141 * GB, 4.8e12, 450e9, 0.75),
+    "a100": DeviceSpec("a100", "gpu", _BF16["a100"], 156e12, 80 * GB, 2.039e12, 300e9, 0.75),
+    "tpu-v5p": DeviceSpec("tpu-v5p", "tpu", _BF16["tpu-v5p"], _BF16["tpu-v5p"], 95 * GB,
+                          2.765e12, 600e9, 0.9),
 }
 CPU = "cpu"
 DEVICE_NAMES = (*DEVICES, CPU)

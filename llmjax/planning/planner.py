@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel, batch_keys
-from llmjax.models.precision import resolve_policy
+from llmjax.models.precision import master_dtype, resolve_policy
 from llmjax.models.stack import check_remat_supported
 from llmjax.planning import hlo_costs
 from llmjax.planning.devices import DeviceSpec
@@ -48,8 +48,8 @@ from llmjax.sharding import rules as rules_lib
 from llmjax.training import state as state_lib
 from llmjax.training import step as step_lib
 from llmjax.training.config import TrainConfig
-from llmjax.training.loop import validate
 from llmjax.training.optimizer import make_optimizer
+from llmjax.training.validation import validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +189,9 @@ def plan(model: ModelConfig, train: TrainConfig, data: Any, mesh_shape: dict[str
   lm = LanguageModel(model)
   optimizer, schedule = make_optimizer(train)
   boxed_init = lambda rng: lm.init_boxed(rng, batch_size=1, seq_len=train.seq_len)
-  abstract_state, shardings = state_lib.state_shardings(boxed_init, optimizer, mesh, rules)
+  abstract_state, shardings = state_lib.state_shardings(
+      boxed_init, optimizer, mesh, rules,
+      master_dtype=master_dtype(model.precision, model.param_dtype))  # As the trainer keeps.
   batch = abstract_batch(model, data, train.batch_size, train.seq_len)
   batch_sharding = partition.data_sharding(mesh)
   start = time.perf_counter()

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmjax.sampling.cache import cache_length
-from llmjax.sampling.decoding import LogitsFn, prefill, validate_decode_args
+from llmjax.models.decoder import LogitsFn
+from llmjax.sampling.decoding import prefill, validate_decode_args
 
 
 class BeamOutput(NamedTuple):
@@ -78,7 +78,8 @@ def length_penalty_term(length: jax.Array | int, alpha: float) -> jax.Array:
 
 def validate_beam_args(prompt_shape: tuple[int, ...], prompt_lengths: Any, cache: Any, *,
                        num_beams: int, max_new_tokens: int, eos_id: int | None,
-                       num_return: int | None = None, max_seq_len: int | None = None) -> None:
+                       num_return: int | None = None, cache_len: int | None = None,
+                       max_seq_len: int | None = None) -> None:
   """Checks beam-search arguments before anything is compiled.
 
   Args:
@@ -90,6 +91,7 @@ def validate_beam_args(prompt_shape: tuple[int, ...], prompt_lengths: Any, cache
     max_new_tokens: tokens to generate per hypothesis at most.
     eos_id: the stop id; required.
     num_return: hypotheses returned per row (None: num_beams).
+    cache_len: the cache's slots per row (`Decoder.cache_length(cache)`), when known.
     max_seq_len: the model's longest sequence, when known.
 
   Raises:
@@ -104,7 +106,7 @@ def validate_beam_args(prompt_shape: tuple[int, ...], prompt_lengths: Any, cache
     raise ValueError("beam search needs eos_id: finished hypotheses are those that emit it "
                      "(pass the tokenizer's eos_id).")
   validate_decode_args(prompt_shape, prompt_lengths, max_new_tokens=max_new_tokens,
-                       cache_len=cache_length(cache), max_seq_len=max_seq_len)
+                       cache_len=cache_len, max_seq_len=max_seq_len)
   batch = prompt_shape[0]
   # cache=None is an empty tree: nothing to check.
   for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
@@ -240,7 +242,7 @@ def _beam_jit(logits_fn, params, prompt_tokens, prompt_lengths, cache, *, num_be
 def generate_beam(logits_fn: LogitsFn, params: Any, prompt_tokens: Any, prompt_lengths: Any,
                   cache: Any, *, num_beams: int, max_new_tokens: int, eos_id: int,
                   pad_id: int = 0, length_penalty: float = 1.0, num_return: int | None = None,
-                  max_seq_len: int | None = None) -> BeamOutput:
+                  cache_len: int | None = None, max_seq_len: int | None = None) -> BeamOutput:
   """Validates, then runs `beam_search` under a jit cached per (logits_fn, shapes, settings).
 
   Args:
@@ -253,6 +255,7 @@ def generate_beam(logits_fn: LogitsFn, params: Any, prompt_tokens: Any, prompt_l
     max_new_tokens: most tokens per hypothesis.
     eos_id: stop id (required); pad_id: fills tokens after each hypothesis.
     length_penalty: GNMT alpha; 0 = rank by summed log-prob.
+    cache_len: the cache's slots per row (`Decoder.cache_length(cache)`), checked when given.
     max_seq_len: the model's longest sequence, checked when given.
 
   Returns:
@@ -264,7 +267,7 @@ def generate_beam(logits_fn: LogitsFn, params: Any, prompt_tokens: Any, prompt_l
   prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
   validate_beam_args(prompt_tokens.shape, prompt_lengths, cache, num_beams=num_beams,
                      max_new_tokens=max_new_tokens, eos_id=eos_id, num_return=num_return,
-                     max_seq_len=max_seq_len)
+                     cache_len=cache_len, max_seq_len=max_seq_len)
   return _beam_jit(logits_fn, params, prompt_tokens, jnp.asarray(prompt_lengths, jnp.int32),
                    cache, num_beams=int(num_beams), max_new_tokens=int(max_new_tokens),
                    eos_id=int(eos_id), pad_id=int(pad_id), length_penalty=float(length_penalty),

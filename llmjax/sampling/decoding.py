@@ -3,7 +3,9 @@
 The model enters only through
 `logits_fn(params, tokens [b, t], positions [b, t], cache) -> (logits [b, t, v], cache)`, which
 writes each token's keys/values at its own position and lets a query at position p see cache
-slots <= p of its row. Decoding is then:
+slots <= p of its row: a model's `Decoder` (llmjax/models/decoder.py) supplies it, its params
+and the cache; here they are explicit arguments, so a hand-written toy works as well.
+Decoding is then:
 
 1. prefill: the whole right-padded prompt [b, P] in one call (positions arange(P)), kept only
    for the cache it writes: its logits are unused, so XLA drops the [b, P, v] vocabulary
@@ -36,10 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmjax.sampling.cache import cache_length
+from llmjax.models.decoder import LogitsFn
 from llmjax.sampling.strategies import Greedy
 
-LogitsFn = Callable[[Any, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 Strategy = Callable[[jax.Array, jax.Array], jax.Array]
 GREEDY = Greedy()
 
@@ -215,7 +216,7 @@ def _decode_jit(logits_fn, params, prompt_tokens, prompt_lengths, cache, rng, *,
 
 def generate(logits_fn: LogitsFn, params: Any, prompt_tokens: Any, prompt_lengths: Any,
              cache: Any, rng: jax.Array, *, max_new_tokens: int, strategy: Strategy = GREEDY,
-             eos_id: int | None = None, pad_id: int = 0,
+             eos_id: int | None = None, pad_id: int = 0, cache_len: int | None = None,
              max_seq_len: int | None = None, return_logits: bool = False) -> DecodeOutput:
   """Validates, then decodes under a jit cached per (logits_fn, shapes, static settings).
 
@@ -225,13 +226,13 @@ def generate(logits_fn: LogitsFn, params: Any, prompt_tokens: Any, prompt_length
     params: model parameters.
     prompt_tokens: [b, P] int ids right-padded with pad_id.
     prompt_lengths: [b] true prompt lengths, each >= 1 (at least a BOS).
-    cache: initial cache; for the contract layout its length must cover
-      max(prompt_lengths) + max_new_tokens.
+    cache: initial cache, with room for max(prompt_lengths) + max_new_tokens positions.
     rng: PRNG key.
     max_new_tokens: tokens to generate per row.
     strategy: a hashable sampling strategy (strategies.py).
     eos_id: stop id (None: always generate max_new_tokens).
     pad_id: id emitted after a row stopped.
+    cache_len: the cache's slots per row (`Decoder.cache_length(cache)`), checked when given.
     max_seq_len: the model's longest sequence, checked like the cache length when given.
     return_logits: also return the logits each token was sampled from.
 
@@ -243,7 +244,7 @@ def generate(logits_fn: LogitsFn, params: Any, prompt_tokens: Any, prompt_length
   """
   prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
   validate_decode_args(prompt_tokens.shape, prompt_lengths, max_new_tokens=max_new_tokens,
-                       cache_len=cache_length(cache), max_seq_len=max_seq_len)
+                       cache_len=cache_len, max_seq_len=max_seq_len)
   return _decode_jit(logits_fn, params, prompt_tokens, jnp.asarray(prompt_lengths, jnp.int32),
                      cache, rng, max_new_tokens=max_new_tokens, strategy=strategy, eos_id=eos_id,
                      pad_id=pad_id, return_logits=return_logits)

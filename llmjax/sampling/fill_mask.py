@@ -1,15 +1,18 @@
 """BERT-style fill-mask for encoder-only (MLM) models: the likeliest tokens at each [MASK].
 
 Each text is split on the mask token; its pieces are tokenized and joined with the mask id
-(= tokenizer.vocab_size, past the tokenizer's ids, as the MLM pipeline uses it), and the whole
+(the tokenizer's own [MASK] when it has one, else tokenizer.vocab_size, past the tokenizer's
+ids: `data.tokenizer.mask_id`, as the MLM pipeline uses it), and the whole
 is framed like a training document: [bos] + ids + [eos]. The batch runs through one compiled
 forward pass (right-padded, segment id 0 on padding, batch and length bucketed to powers of
 two so similar calls reuse the compilation).
 
-Candidates are the real tokenizer ids >= 4 (not pad/bos/eos/unk, not the mask id, not ids past
-the tokenizer's vocabulary): the probability of a candidate is the softmax of the MLM logits at
-the mask position over those ids only (renormalized), which is what a user asking "which token
-goes here" means.
+Candidates are the tokenizer's ids that are not special (`tokenizer.special_ids`: pad, bos,
+eos, unk, ...; not the mask id, not ids past the tokenizer's vocabulary): the probability of a
+candidate is the softmax of the MLM logits at the mask position over those ids only
+(renormalized), which is what a user asking "which token goes here" means. The special ids are
+the tokenizer's own, not assumed to be 0-3: id 3 is an ordinary piece of a LLaMA or T5
+SentencePiece model.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NUM_SPECIAL_IDS = 4  # pad, bos, eos, unk: never a candidate.
+from llmjax.data import tokenizer as tokenizer_lib
+
 MIN_LENGTH_BUCKET = 8
 
 
@@ -45,14 +49,16 @@ def check_fill_mask_model(model: Any, tokenizer: Any) -> None:
     raise ValueError(f"this encoder has a classification head (num_classes="
                      f"{config.num_classes}), not an MLM head: it predicts classes, not tokens; "
                      "use LoadedModel.logits for its class logits.")
-  if config.vocab_size <= tokenizer.vocab_size:
-    raise ValueError(f"the mask id is tokenizer.vocab_size={tokenizer.vocab_size}, but the "
-                     f"model's vocab_size={config.vocab_size} has no room for it: it was not "
-                     "trained with the mlm objective.")
+  mask_id = tokenizer_lib.mask_id(tokenizer)
+  if config.vocab_size <= mask_id:
+    raise ValueError(f"the mask id is {mask_id} (tokenizer.vocab_size={tokenizer.vocab_size}), "
+                     f"but the model's vocab_size={config.vocab_size} has no room for it: it "
+                     "was not trained with the mlm objective.")
 
 
 def encode_masked(tokenizer: Any, text: str, mask_token: str = "[MASK]") -> list[int]:
-  """[bos] + ids of text, with mask_token replaced by the mask id (tokenizer.vocab_size) + [eos].
+  """[bos] + ids of text, with mask_token replaced by the mask id (`tokenizer.mask_id`, else
+  tokenizer.vocab_size) + [eos].
 
   Raises:
     ValueError: text has no mask_token.
@@ -63,24 +69,31 @@ def encode_masked(tokenizer: Any, text: str, mask_token: str = "[MASK]") -> list
   ids = [tokenizer.bos_id]
   for j, piece in enumerate(pieces):
     if j:
-      ids.append(tokenizer.vocab_size)
+      ids.append(tokenizer_lib.mask_id(tokenizer))
     ids += tokenizer.encode(piece)
   return ids + [tokenizer.eos_id]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_candidates", "top_k"))
+def candidate_ids(tokenizer: Any) -> np.ndarray:
+  """The ids fill-mask may propose: [0, tokenizer.vocab_size) minus tokenizer.special_ids."""
+  return np.setdiff1d(np.arange(tokenizer.vocab_size, dtype=np.int32),
+                      np.fromiter(tokenizer.special_ids, np.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "top_k"))
 def _top_candidates(model: Any, params: Any, tokens: jax.Array, segment_ids: jax.Array,
-                    mask_positions: jax.Array, *, num_candidates: int,
+                    mask_positions: jax.Array, candidates: jax.Array, *,
                     top_k: int) -> tuple[jax.Array, jax.Array]:
-  """Top-k (probabilities, ids) [b, m, k] at mask_positions [b, m] of padded tokens [b, t]."""
+  """Top-k (probabilities, ids) [b, m, k] at mask_positions [b, m] of padded tokens [b, t],
+  over the candidate ids [c]."""
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
   logits, _ = model.apply(params, {"inputs": tokens, "segment_ids": segment_ids,
                                    "positions": positions})
   at_mask = jnp.take_along_axis(logits, mask_positions[:, :, None], axis=1)  # [b, m, v]
-  # Renormalize over the candidates only: ids [4, num_candidates).
-  candidates = at_mask[..., NUM_SPECIAL_IDS:num_candidates].astype(jnp.float32)
-  probs, idx = jax.lax.top_k(jax.nn.softmax(candidates, axis=-1), top_k)
-  return probs, idx + NUM_SPECIAL_IDS
+  # Renormalize over the candidates only.
+  scores = jnp.take(at_mask, candidates, axis=-1).astype(jnp.float32)  # [b, m, c]
+  probs, idx = jax.lax.top_k(jax.nn.softmax(scores, axis=-1), top_k)
+  return probs, candidates[idx]
 
 
 def fill_mask(model: Any, params: Any, tokenizer: Any, texts: Sequence[str] | str, *,
@@ -91,14 +104,14 @@ def fill_mask(model: Any, params: Any, tokenizer: Any, texts: Sequence[str] | st
   Args:
     model: an encoder-only LanguageModel with an MLM head.
     params: its parameters.
-    tokenizer: the tokenizer it was trained with (mask id = tokenizer.vocab_size).
+    tokenizer: the tokenizer it was trained with (its mask id: `data.tokenizer.mask_id`).
     texts: a string or strings, each with at least one mask_token.
     top_k: candidates per mask (capped at the number of real token ids).
     mask_token: the marker in texts.
 
   Returns:
     Per text, per mask occurrence (left to right), [(token text, probability)] best first;
-    probabilities are over real token ids >= 4 (renormalized).
+    probabilities are over the tokenizer's non-special ids (renormalized).
 
   Raises:
     ValueError: a decoder, encoder_decoder or classifier model (naming what to use instead),
@@ -113,8 +126,8 @@ def fill_mask(model: Any, params: Any, tokenizer: Any, texts: Sequence[str] | st
     raise ValueError(f"top_k must be an int >= 1, got {top_k!r}.")
   if not mask_token:
     raise ValueError("mask_token must be a non-empty string.")
-  num_candidates = tokenizer.vocab_size
-  top_k = min(int(top_k), num_candidates - NUM_SPECIAL_IDS)
+  candidates = candidate_ids(tokenizer)
+  top_k = min(int(top_k), len(candidates))
   rows = [encode_masked(tokenizer, text, mask_token) for text in texts]
   max_len = model.config.max_seq_len
   for text, ids in zip(texts, rows, strict=True):
@@ -122,7 +135,7 @@ def fill_mask(model: Any, params: Any, tokenizer: Any, texts: Sequence[str] | st
       raise ValueError(f"{text[:40]!r}... is {len(ids)} tokens with BOS and EOS, more than the "
                        f"model's max_seq_len={max_len}: shorten it by {len(ids) - max_len} "
                        "tokens.")
-  mask_id = tokenizer.vocab_size
+  mask_id = tokenizer_lib.mask_id(tokenizer)
   masks = [[i for i, t in enumerate(ids) if t == mask_id] for ids in rows]
   batch = _bucket(len(rows))
   length = min(_bucket(max(map(len, rows)), MIN_LENGTH_BUCKET), max_len)
@@ -136,7 +149,7 @@ def fill_mask(model: Any, params: Any, tokenizer: Any, texts: Sequence[str] | st
     tokens[i, :len(ids)], segment_ids[i, :len(ids)] = ids, 1
     mask_positions[i, :len(pos)] = pos
   probs, ids = _top_candidates(model, params, tokens, segment_ids, mask_positions,
-                               num_candidates=num_candidates, top_k=top_k)
+                               jnp.asarray(candidates), top_k=top_k)
   probs, ids = np.asarray(probs), np.asarray(ids)
   return [[[(tokenizer.decode([int(ids[i, m, j])]), float(probs[i, m, j]))
             for j in range(top_k)] for m in range(len(masks[i]))] for i in range(len(rows))]

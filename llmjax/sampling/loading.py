@@ -1,15 +1,14 @@
 """`load(workdir)`, the notebook entry point: a trained model of any family as a `LoadedModel`.
 
-It rebuilds the model from a workdir written by `llmjax train`: DIR/run_config.json (its
-"model" entry), DIR/tokenizer/ and the newest (or a given) checkpoint's params, and offers
-generation (decoder, encoder-decoder), fill-mask (MLM encoders) and full-forward logits (all).
+It rebuilds the model from a workdir written by `llmjax train` or `llmjax convert`, read through
+llmjax/workdir.py: run_config.json (its "model" entry), tokenizer/ and the newest (or a given)
+checkpoint's params (never the optimizer state), and offers generation (decoder,
+encoder-decoder), fill-mask (MLM encoders) and full-forward logits (all).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,8 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llmjax import workdir as workdir_lib
+from llmjax.data.tokenizer import Tokenizer
 from llmjax.models.config import ModelConfig
-from llmjax.sampling.sampler import Sampler, check_vocab
+from llmjax.models.decoder import Params
+from llmjax.models.interface import LanguageModel
+from llmjax.sampling.sampler import Sampler
 
 
 @dataclasses.dataclass
@@ -31,14 +34,15 @@ class LoadedModel:
     tokenizer: its tokenizer.
     model: the LanguageModel wrapper.
     step: the checkpoint step the params come from.
-    num_sentinels: encoder_decoder: T5 sentinel ids it was trained with (None = all ids past
-      the tokenizer's vocabulary).
+    num_sentinels: encoder_decoder: T5 sentinel ids it was trained with (None = all the
+      tokenizer's own <extra_id_i>, a converted T5's, else all ids past the tokenizer's
+      vocabulary).
   """
 
   config: ModelConfig
-  params: Any
-  tokenizer: Any
-  model: Any
+  params: Params
+  tokenizer: Tokenizer
+  model: LanguageModel
   step: int | None = None
   num_sentinels: int | None = None
 
@@ -46,18 +50,17 @@ class LoadedModel:
     # Encoder-only models do not generate: no sampler (generate explains what to use).
     self.sampler = (Sampler(self.model, self.params, self.tokenizer,
                             num_sentinels=self.num_sentinels)
-                    if getattr(self.model, "can_decode", True) else None)
+                    if self.model.can_decode else None)
     self._forward = jax.jit(self._forward_impl)
 
-  def _forward_impl(self, params: Any, tokens: jax.Array,
-                    decoder_tokens: jax.Array | None) -> jax.Array:
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+  def _forward_impl(self, params: Params, tokens: jax.Array,
+                    decoder_tokens: jax.Array | None,
+                    token_types: jax.Array | None) -> jax.Array:
     if decoder_tokens is not None:  # encoder_decoder: teacher-forced decoder logits.
       logits, _ = self.model.apply(params, {"encoder_inputs": tokens, "inputs": decoder_tokens})
-    elif getattr(self.model, "can_decode", True):
-      logits, _ = self.model.logits_fn(params, tokens, positions, None)
-    else:  # Encoder: MLM logits [b, t, v], or class logits [b, c].
-      logits, _ = self.model.apply(params, tokens, positions)
+    else:  # Decoder: next-token logits; encoder: MLM logits [b, t, v] or class logits [b, c].
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+      logits, _ = self.model.apply(params, tokens, positions, token_types=token_types)
     return logits
 
   def _check_ids(self, token_ids: Any, name: str) -> np.ndarray:
@@ -74,7 +77,8 @@ class LoadedModel:
       raise ValueError(f"{name}: token ids must be in [0, {self.config.vocab_size}).")
     return tokens
 
-  def logits(self, token_ids: Any, decoder_input_ids: Any = None) -> np.ndarray:
+  def logits(self, token_ids: Any, decoder_input_ids: Any = None,
+             token_type_ids: Any = None) -> np.ndarray:
     """Full-forward float32 logits of any family.
 
     Args:
@@ -83,6 +87,8 @@ class LoadedModel:
       decoder_input_ids: encoder_decoder only (and required there): the decoder input, its
         start id first (BOS; a converted T5: decoder_start_token_id), [t'] or [b, t'] like
         token_ids.
+      token_type_ids: encoder only: token types shaped like token_ids (BERT's segment A = 0,
+        B = 1 for sentence pairs, as `transformers` takes them); None = type 0 everywhere.
 
     Returns:
       [t, v] (or [b, t, v]) next-token / MLM logits; encoder_decoder: [t', v] decoder logits;
@@ -102,9 +108,25 @@ class LoadedModel:
     elif decoder_input_ids is not None:
       raise ValueError(f"decoder_input_ids is for encoder_decoder models; this one is "
                        f"{self.config.architecture!r}.")
+    types = None if token_type_ids is None else self._check_types(token_type_ids, tokens)
     batched = tokens if tokens.ndim == 2 else tokens[None]
-    logits = np.asarray(self._forward(self.params, batched.astype(np.int32), decoder))
+    logits = np.asarray(self._forward(self.params, batched.astype(np.int32), decoder, types))
     return logits if tokens.ndim == 2 else logits[0]
+
+  def _check_types(self, token_type_ids: Any, tokens: np.ndarray) -> np.ndarray:
+    """token_type_ids as int32 [b, t], checked against token_ids and the model's type table."""
+    if self.config.architecture != "encoder":
+      raise ValueError(f"token_type_ids are for encoder models (BERT); this one is "
+                       f"{self.config.architecture!r}.")
+    types = np.asarray(token_type_ids)
+    if types.shape != tokens.shape or not np.issubdtype(types.dtype, np.integer):
+      raise ValueError(f"token_type_ids must be integers shaped like token_ids {tokens.shape}, "
+                       f"got {types.dtype} {types.shape}.")
+    num_types = max(self.config.type_vocab_size, 1)  # Without a table only type 0 exists.
+    if types.min() < 0 or types.max() >= num_types:
+      raise ValueError(f"token_type_ids must be in [0, {num_types}) (ModelConfig."
+                       f"type_vocab_size={self.config.type_vocab_size}).")
+    return (types if types.ndim == 2 else types[None]).astype(np.int32)
 
   def generate(self, prompts: Sequence[str] | str, **sampling_kwargs: Any) -> list[str]:
     """Sampler.generate: max_new_tokens, temperature, top_k, top_p, seed, num_samples,
@@ -150,9 +172,9 @@ class LoadedModel:
                      mask_token=mask_token)
 
 
-def _num_sentinels(run_config: dict) -> int | None:
+def _num_sentinels(record: workdir_lib.RunRecord) -> int | None:
   """Sentinel count of a span-corruption run (DataConfig.extra_ids), else None."""
-  data = run_config.get("data")
+  data = record.sections.get("data")
   if isinstance(data, dict) and data.get("objective") == "span_corruption":
     return data.get("extra_ids")
   return None
@@ -162,7 +184,8 @@ def load(workdir: str, step: int | None = None) -> LoadedModel:
   """Loads the model (any family), tokenizer and params (no optimizer state) of a workdir.
 
   Args:
-    workdir: a directory written by `llmjax train` (run_config.json, tokenizer/, checkpoints/).
+    workdir: a directory written by `llmjax train` or `llmjax convert --from_hf`
+      (run_config.json, tokenizer/, checkpoints/; llmjax/workdir.py).
     step: the checkpoint step; None means the latest.
 
   Returns:
@@ -170,48 +193,14 @@ def load(workdir: str, step: int | None = None) -> LoadedModel:
 
   Raises:
     FileNotFoundError: the workdir, its run_config.json, tokenizer or checkpoint is missing.
-    ValueError: the tokenizer's vocabulary does not fit the model.
+    ValueError: not an llmjax workdir (or one of another llmjax version), or the tokenizer's
+      vocabulary does not fit the model.
   """
-  # Imported here: Sampler alone should not pull in Orbax and the data stack.
-  from llmjax.training import checkpoint
-
-  workdir = os.path.abspath(os.fspath(workdir))
-  hint = f"run `llmjax train --workdir={workdir}` first"
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"workdir {workdir} does not exist: {hint}.")
-  config_path = os.path.join(workdir, "run_config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{config_path} not found, so {workdir} is not a training "
-                            f"workdir: {hint}.")
-  with open(config_path, encoding="utf-8") as f:
-    run_config = json.load(f)
-  if "model" not in run_config:
-    raise ValueError(f"{config_path} has no 'model' entry (keys: {sorted(run_config)}).")
-  model_fields = run_config["model"]
-  if isinstance(model_fields, str):
-    model_fields = json.loads(model_fields)
-  known = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(model_fields) - known)
-  if unknown:
-    raise ValueError(f"{config_path} has model fields {unknown} this llmjax's ModelConfig does "
-                     "not know: it was written by another llmjax version.")
-  config = ModelConfig(**model_fields)
-
-  if checkpoint.latest_step(workdir) is None:
-    raise FileNotFoundError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}: {hint} "
-                            "(or wait until it saves its first checkpoint).")
-  tokenizer_dir = os.path.join(workdir, "tokenizer")
-  if not os.path.isdir(tokenizer_dir):
-    raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: {hint}.")
-  from llmjax.data.tokenizer import load_tokenizer
-  from llmjax.models.interface import LanguageModel
-
-  tokenizer = load_tokenizer(tokenizer_dir)
-  check_vocab(tokenizer, config)
-  model = LanguageModel(config)
+  record = workdir_lib.read_run_config(workdir)
+  step = workdir_lib.resolve_step(record.workdir, step)
+  tokenizer = workdir_lib.load_tokenizer(record.workdir, record.model)
+  model = LanguageModel(record.model)
   abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-  params = checkpoint.restore_params(workdir, abstract_params, step=step)
-  if step is None:
-    step = checkpoint.latest_step(workdir)
-  return LoadedModel(config=config, params=params, tokenizer=tokenizer, model=model, step=step,
-                     num_sentinels=_num_sentinels(run_config))
+  params = workdir_lib.restore_params(record.workdir, abstract_params, step=step)
+  return LoadedModel(config=record.model, params=params, tokenizer=tokenizer, model=model,
+                     step=step, num_sentinels=_num_sentinels(record))

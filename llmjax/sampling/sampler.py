@@ -4,14 +4,18 @@
 - decoder: the prompt is the start of the text (BOS first); completions continue it.
 - encoder_decoder (T5): the prompt is the ENCODER input (ids + EOS, no BOS, as in training);
   the decoder starts from [BOS] and the output is the decoder's text. The encoder runs once per
-  call, inside the compiled program (`LanguageModel.encode_for_decoding` builds the cache).
-  `<extra_id_i>` in a prompt is T5 sentinel i (id = model vocab_size - 1 - i), and sentinels
-  the decoder emits are printed the same way, since the tokenizer has no text for them.
+  call, inside the compiled program (`Decoder.encode` builds the cache).
+  `<extra_id_i>` in a prompt is T5 sentinel i, and sentinels the decoder emits are printed the
+  same way. Sentinel i is the tokenizer's own <extra_id_i> id when it has them (a converted
+  T5's: HF's 32099 - i, below the model's padded 32128-row vocabulary) and otherwise, for
+  models trained here, model vocab_size - 1 - i (data/featurize.py places them there).
 
-Prompts are right-padded into one batch and run through the compiled loops of decoding.py
-(sampling) or beam.py (beam search). Compiled shapes are bucketed (batch and prompt length
-rounded up to powers of two, the cache length likewise, capped at the model's max_seq_len) so
-repeated calls with similar prompts reuse one compilation per (shapes, settings).
+The model enters only through `model.decoder(params)`, the typed `Decoder` of
+llmjax/models/decoder.py, built inside each compiled program. Prompts are right-padded into one
+batch and run through the compiled loops of decoding.py (sampling) or beam.py (beam search).
+Compiled shapes are bucketed (batch and prompt length rounded up to powers of two, the cache
+length likewise, capped at the model's max_seq_len) so repeated calls with similar prompts
+reuse one compilation per (shapes, settings).
 
 `load(DIR)` (loading.py) rebuilds a trained model of any family from a workdir.
 """
@@ -20,15 +24,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llmjax.models.config import ModelConfig
+from llmjax import workdir as workdir_lib
+from llmjax.data import tokenizer as tokenizer_lib
+from llmjax.data.tokenizer import Tokenizer
+from llmjax.models.decoder import Cache, Decodable, Decoder, LogitsFn, Params
 from llmjax.sampling import beam, decoding
-from llmjax.sampling.cache import init_cache
 from llmjax.sampling.strategies import make_strategy
 
 MIN_PROMPT_BUCKET = 8
@@ -40,97 +45,105 @@ def _bucket(n: int, minimum: int = 1) -> int:
   return 1 << (max(n, minimum) - 1).bit_length()
 
 
-def check_vocab(tokenizer: Any, config: ModelConfig) -> None:
-  """Raises ValueError when the tokenizer has ids the model's embedding cannot hold.
-
-  A larger model vocabulary is fine: the MLM mask id and T5 sentinels live past the
-  tokenizer's ids, and embeddings may be padded for speed.
-  """
-  if tokenizer.vocab_size > config.vocab_size:
-    raise ValueError(
-        f"tokenizer vocab_size={tokenizer.vocab_size} is larger than the model's "
-        f"vocab_size={config.vocab_size}: set ModelConfig.vocab_size >= {tokenizer.vocab_size} "
-        "or use the tokenizer the model was trained with.")
-
-
 class Sampler:
   """Generates text from a decoder or encoder_decoder LanguageModel, its params and tokenizer.
 
   Args:
-    model: a LanguageModel (llmjax/models/interface.py): `.config`, `logits_fn`, `init_cache`
-      and, for encoder_decoder, `encode_for_decoding`; optionally `decoding_params`,
-      `decoding_cache` and `decoding_logits_fn` (faster layouts for the decode loop).
-    params: its parameters.
+    model: anything with `decoder(params) -> Decoder` (llmjax/models/decoder.py): a decoder or
+      encoder_decoder LanguageModel.
+    params: its parameters, as trained (the Decoder lays them out for decoding inside each
+      compiled program).
     tokenizer: encode/decode/vocab_size/pad_id/bos_id/eos_id (llmjax/data/tokenizer.py).
-    num_sentinels: encoder_decoder only: how many T5 sentinel ids (the top ids of the model
-      vocabulary) the model may emit; None = every id past the tokenizer's vocabulary.
+    num_sentinels: encoder_decoder only: how many T5 sentinels the model may read and emit:
+      the first num_sentinels of the tokenizer's own (`tokenizer.sentinel_ids`) when it has
+      them, else the top ids of the model vocabulary. None = all the tokenizer's own, else
+      every id past the tokenizer's vocabulary.
+
+  Raises:
+    ValueError: the model does not generate text (encoder-only), or the tokenizer or
+      num_sentinels does not fit its vocabulary.
   """
 
-  def __init__(self, model: Any, params: Any, tokenizer: Any, *,
+  def __init__(self, model: Decodable, params: Params, tokenizer: Tokenizer, *,
                num_sentinels: int | None = None):
     self.model = model
     self.params = params
     self.tokenizer = tokenizer
-    self.config: ModelConfig = model.config
-    if not getattr(model, "can_decode", True):
-      kind = "a classifier" if self.config.is_classifier else "an encoder-only (MLM) model"
-      raise ValueError(f"{kind} does not generate text: "
-                       + ("use LoadedModel.logits for class logits." if self.config.is_classifier
-                          else "use fill_mask (llmjax sample --mode=fill_mask) instead."))
-    check_vocab(tokenizer, self.config)
-    self.is_encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
-    extra = self.config.vocab_size - tokenizer.vocab_size
-    if not self.is_encoder_decoder:
-      num_sentinels = 0
-    elif num_sentinels is None:
-      num_sentinels = extra
-    if not 0 <= num_sentinels <= extra:
-      raise ValueError(f"num_sentinels={num_sentinels} must be in [0, {extra}] (model vocab "
-                       f"{self.config.vocab_size} - tokenizer vocab {tokenizer.vocab_size}).")
-    self.num_sentinels = num_sentinels
+    # The Decoder's static facts, traced abstractly: nothing is computed or copied here.
+    facts: Decoder = jax.eval_shape(model.decoder, params)
+    self.vocab_size = facts.vocab_size
+    self.max_seq_len = facts.max_seq_len
+    self.max_encoder_len = facts.max_encoder_len
+    self.is_encoder_decoder = facts.is_encoder_decoder
+    # A larger model vocabulary is fine: T5 sentinels live past the tokenizer's ids.
+    workdir_lib.check_vocab(self.vocab_size, tokenizer.vocab_size)
+    self.sentinel_ids = self._sentinels(num_sentinels)  # Sentinel i's id, [num_sentinels].
+    self.num_sentinels = len(self.sentinel_ids)
+    self._sentinel_index = {int(t): i for i, t in enumerate(self.sentinel_ids)}
+    # The ids the decoder may emit: the tokenizer's and the sentinels. The rest (an embedding
+    # padded for speed, the MLM mask id, a converted T5's untrained rows 32100-32127) have no
+    # text.
+    self._emittable = np.arange(self.vocab_size) < tokenizer.vocab_size
+    self._emittable[self.sentinel_ids] = True
     self.num_compilations = 0  # Traces of the decode programs (tests check bucketing with it).
-    # A LanguageModel decodes over unrolled layers (decoding_params); other models as they are.
-    self._decoding_params = getattr(model, "decoding_params", lambda params: params)
-    self._decoding_cache = getattr(model, "decoding_cache", lambda cache: cache)
-    self._model_logits_fn = getattr(model, "decoding_logits_fn", model.logits_fn)
     self._decode = jax.jit(self._decode_impl,
                            static_argnames=("max_new_tokens", "strategy", "cache_len"))
     self._beam = jax.jit(self._beam_impl, static_argnames=(
         "max_new_tokens", "num_beams", "length_penalty", "num_return", "cache_len"))
 
-  # Compiled programs.
-  def _logits_fn(self, params: Any, tokens: jax.Array, positions: jax.Array,
-                 cache: Any) -> tuple[jax.Array, Any]:
-    # `params` are the model's decoding_params (unrolled layers; see the callers).
-    logits, cache = self._model_logits_fn(params, tokens, positions, cache)
-    vocab, tok_vocab = logits.shape[-1], self.tokenizer.vocab_size
-    if tok_vocab < vocab:
-      # Ids past the tokenizer's vocabulary cannot be decoded (an embedding padded for speed,
-      # the MLM mask id), except T5 sentinels, which decode as <extra_id_i>.
-      ids = jnp.arange(vocab)
-      valid = (ids < tok_vocab) | (ids >= vocab - self.num_sentinels)
-      logits = jnp.where(valid, logits, -jnp.inf)
-    return logits, cache
+  def _sentinels(self, num_sentinels: int | None) -> np.ndarray:
+    """The ids of sentinels 0, 1, ... (see the class docstring), checked to fit the model."""
+    if not self.is_encoder_decoder:
+      return np.zeros((0,), np.int32)
+    own = tokenizer_lib.sentinel_ids(self.tokenizer)
+    if own:
+      if num_sentinels is None:
+        num_sentinels = len(own)
+      if not 0 <= num_sentinels <= len(own):
+        raise ValueError(f"num_sentinels={num_sentinels} must be in [0, {len(own)}]: the "
+                         f"tokenizer has {len(own)} sentinels <extra_id_i>.")
+      ids = np.asarray(own[:num_sentinels], np.int32)
+      if ids.size and ids.max() >= self.vocab_size:
+        raise ValueError(f"the tokenizer's sentinel ids reach {ids.max()}, past the model's "
+                         f"vocab_size={self.vocab_size}: use the model's own tokenizer.")
+      return ids
+    extra = self.vocab_size - self.tokenizer.vocab_size
+    num_sentinels = extra if num_sentinels is None else num_sentinels
+    if not 0 <= num_sentinels <= extra:
+      raise ValueError(f"num_sentinels={num_sentinels} must be in [0, {extra}] (model vocab "
+                       f"{self.vocab_size} - tokenizer vocab {self.tokenizer.vocab_size}).")
+    return self.vocab_size - 1 - np.arange(num_sentinels, dtype=np.int32)
 
-  def _make_cache(self, params: Any, batch: int, cache_len: int, encoder_tokens: Any,
-                  encoder_segment_ids: Any) -> Any:
-    if self.is_encoder_decoder:
+  # Compiled programs. Each builds its Decoder from the params it is given, so the decode
+  # layout of the weights (e.g. unstacked layers) is made inside the program, once per call.
+  def _masked(self, logits_fn: LogitsFn) -> LogitsFn:
+    """logits_fn with the ids the tokenizer cannot decode masked out."""
+
+    def masked(params: Params, tokens: jax.Array, positions: jax.Array,
+               cache: Cache) -> tuple[jax.Array, Cache]:
+      logits, cache = logits_fn(params, tokens, positions, cache)
+      if not self._emittable.all():
+        logits = jnp.where(self._emittable, logits, -jnp.inf)
+      return logits, cache
+
+    return masked
+
+  def _make_cache(self, decoder: Decoder, batch: int, cache_len: int,
+                  encoder_tokens: jax.Array | None,
+                  encoder_segment_ids: jax.Array | None) -> Cache:
+    if decoder.is_encoder_decoder:
       # The encoder runs here, once per call; its keys/values become part of the cache.
-      cache = self.model.encode_for_decoding(params, encoder_tokens, encoder_segment_ids,
-                                             cache_len)
-    else:
-      # Made inside the compiled program: no transfer, and XLA can reuse the memory.
-      cache = init_cache(self.model, batch, cache_len)
-    return self._decoding_cache(cache)
+      return decoder.encode(decoder.params, encoder_tokens, encoder_segment_ids, cache_len)
+    # Made inside the compiled program: no transfer, and XLA can reuse the memory.
+    return decoder.init_cache(batch, cache_len)
 
   def _decode_impl(self, params, tokens, lengths, rng, encoder_tokens, encoder_segment_ids, *,
                    max_new_tokens, strategy, cache_len):
     self.num_compilations += 1  # Runs only while tracing.
-    cache = self._make_cache(params, tokens.shape[0], cache_len, encoder_tokens,
+    decoder = self.model.decoder(params)
+    cache = self._make_cache(decoder, tokens.shape[0], cache_len, encoder_tokens,
                              encoder_segment_ids)
-    # Unstacked once here, inside the program: the loop then reads each layer's weights in
-    # place instead of slicing them out of the stacked arrays at every step.
-    return decoding.decode(self._logits_fn, self._decoding_params(params), tokens, lengths,
+    return decoding.decode(self._masked(decoder.logits_fn), decoder.params, tokens, lengths,
                            cache, rng,
                            max_new_tokens=max_new_tokens, strategy=strategy,
                            eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
@@ -138,10 +151,11 @@ class Sampler:
   def _beam_impl(self, params, tokens, lengths, encoder_tokens, encoder_segment_ids, *,
                  max_new_tokens, num_beams, length_penalty, num_return, cache_len):
     self.num_compilations += 1  # Runs only while tracing.
+    decoder = self.model.decoder(params)
     # A cache for the prompt batch: beam_search prefills once per prompt, then expands it.
-    cache = self._make_cache(params, tokens.shape[0], cache_len, encoder_tokens,
+    cache = self._make_cache(decoder, tokens.shape[0], cache_len, encoder_tokens,
                              encoder_segment_ids)
-    return beam.beam_search(self._logits_fn, self._decoding_params(params), tokens,
+    return beam.beam_search(self._masked(decoder.logits_fn), decoder.params, tokens,
                             lengths, cache,
                             num_beams=num_beams, max_new_tokens=max_new_tokens,
                             eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
@@ -149,12 +163,12 @@ class Sampler:
 
   # Tokens <-> text.
   def sentinel_id(self, i: int) -> int:
-    """The id of T5 sentinel i (<extra_id_i>): model vocab_size - 1 - i."""
+    """The id of T5 sentinel i (<extra_id_i>): the tokenizer's own, else vocab_size - 1 - i."""
     if not 0 <= i < self.num_sentinels:
       raise ValueError(f"<extra_id_{i}>: this model has {self.num_sentinels} sentinel ids"
                        + ("" if self.num_sentinels else " (only encoder_decoder models do)")
                        + ".")
-    return self.config.vocab_size - 1 - i
+    return int(self.sentinel_ids[i])
 
   def _encode_text(self, text: str) -> list[int]:
     if not self.is_encoder_decoder:
@@ -168,14 +182,13 @@ class Sampler:
 
   def decode_ids(self, ids: Sequence[int]) -> str:
     """Text of generated ids; sentinel ids become "<extra_id_i>" (T5's convention)."""
-    vocab, tok_vocab = self.config.vocab_size, self.tokenizer.vocab_size
     pieces, run = [], []
     for i in map(int, ids):
-      if i < tok_vocab:
-        run.append(i)
-      elif i >= vocab - self.num_sentinels:
-        pieces += [self.tokenizer.decode(run), f"<extra_id_{vocab - 1 - i}>"]
+      if i in self._sentinel_index:
+        pieces += [self.tokenizer.decode(run), f"<extra_id_{self._sentinel_index[i]}>"]
         run = []
+      elif i < self.tokenizer.vocab_size:
+        run.append(i)
       # Any other id past the tokenizer has no text (the sampler never emits one).
     return "".join(pieces) + self.tokenizer.decode(run)
 
@@ -200,7 +213,7 @@ class Sampler:
     lengths = [len(p) for p in prompt_ids]
     if min(lengths) == 0:
       raise ValueError("an empty prompt needs at least a BOS token (encode_prompts adds it).")
-    max_len = self.config.max_seq_len
+    max_len = self.max_seq_len
     longest = max(lengths)
     if longest + max_new_tokens > max_len:
       what = "decoder prefix" if self.is_encoder_decoder else "prompt"
@@ -225,8 +238,8 @@ class Sampler:
     """Right-pads encoder inputs to [batch, bucket]; segment ids 1 on tokens, 0 on padding."""
     if not self.is_encoder_decoder:
       if encoder_ids is not None:
-        raise ValueError(f"encoder_ids given, but a {self.config.architecture!r} model has no "
-                         "encoder.")
+        raise ValueError("encoder_ids given, but this model has no encoder (it is "
+                         "decoder-only).")
       return None, None
     if encoder_ids is None:
       raise ValueError("an encoder_decoder model needs encoder_ids (the encoder input of each "
@@ -234,15 +247,14 @@ class Sampler:
     lengths = [len(e) for e in encoder_ids]
     if min(lengths, default=0) == 0:
       raise ValueError("every encoder input needs at least one token (encode_prompts adds EOS).")
-    longest, max_len = max(lengths), self.config.max_seq_len
-    learned = self.config.position == "learned"
-    if learned and longest > max_len:
+    longest, max_len = max(lengths), self.max_encoder_len
+    if max_len is not None and longest > max_len:
       raise ValueError(
           f"encoder input of {longest} tokens (with EOS) exceeds max_seq_len={max_len}, the "
-          f"size of the learned position table: shorten the prompt by {longest - max_len} "
-          "tokens or use a model with a larger max_seq_len.")
+          f"size of the encoder's learned position table: shorten the prompt by "
+          f"{longest - max_len} tokens or use a model with a larger max_seq_len.")
     padded = _bucket(longest, MIN_PROMPT_BUCKET)
-    if learned:
+    if max_len is not None:
       padded = min(padded, max_len)
     tokens = np.full((batch, padded), self.tokenizer.pad_id, np.int32)
     segments = np.zeros((batch, padded), np.int32)
@@ -279,7 +291,7 @@ class Sampler:
     tokens, row_lengths, cache_len = self._pack(prompt_ids, max_new_tokens)
     enc_tokens, enc_segments = self._pack_encoder(encoder_ids, tokens.shape[0])
     decoding.validate_decode_args(tokens.shape, row_lengths, max_new_tokens=max_new_tokens,
-                                  cache_len=cache_len, max_seq_len=self.config.max_seq_len)
+                                  cache_len=cache_len, max_seq_len=self.max_seq_len)
     out = self._decode(self.params, tokens, row_lengths, jax.random.PRNGKey(seed), enc_tokens,
                        enc_segments, max_new_tokens=max_new_tokens, strategy=strategy,
                        cache_len=cache_len)
@@ -301,11 +313,13 @@ class Sampler:
     tokens, row_lengths, cache_len = self._pack(prompt_ids, max_new_tokens)
     enc_tokens, enc_segments = self._pack_encoder(encoder_ids, tokens.shape[0])
     abstract_cache = jax.eval_shape(
-        lambda p, e, s: self._make_cache(p, tokens.shape[0], cache_len, e, s),
+        lambda p, e, s: self._make_cache(self.model.decoder(p), tokens.shape[0], cache_len, e,
+                                         s),
         self.params, enc_tokens, enc_segments)
     beam.validate_beam_args(tokens.shape, row_lengths, abstract_cache, num_beams=num_beams,
                             max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_id,
-                            num_return=num_return, max_seq_len=self.config.max_seq_len)
+                            num_return=num_return, cache_len=cache_len,
+                            max_seq_len=self.max_seq_len)
     out = self._beam(self.params, tokens, row_lengths, enc_tokens, enc_segments,
                      max_new_tokens=max_new_tokens, num_beams=int(num_beams),
                      length_penalty=float(length_penalty), num_return=num_return,

@@ -2,6 +2,8 @@
 
 Each step directory holds two items: `state` (the TrainState, `StandardSave`) and `data_iter`
 (the Grain iterator state, `JsonSave`), so a resumed run continues with the exact next batch.
+Where they live and what the items are called is the workdir format (llmjax/workdir.py, which
+also lists steps and reads params alone for loading, conversion and warm starts).
 Orbax writes a step into a temporary directory and renames it when complete, so a save cut
 short (even by kill -9) is never listed as a step and is cleaned up on the next start.
 Restoring always goes into an abstract target carrying the wanted shardings, which is what
@@ -13,18 +15,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
-CHECKPOINT_SUBDIR = "checkpoints"
-
-
-def checkpoint_dir(workdir: str) -> str:
-  """DIR/checkpoints for a workdir; a directory that already ends in it is returned as is."""
-  workdir = os.path.abspath(os.fspath(workdir))
-  if os.path.basename(workdir.rstrip("/")) == CHECKPOINT_SUBDIR:
-    return workdir
-  return os.path.join(workdir, CHECKPOINT_SUBDIR)
+from llmjax import workdir as workdir_lib
 
 
 class Checkpointer:
@@ -37,7 +30,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = checkpoint_dir(workdir)
+    self.directory = workdir_lib.checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         enable_async_checkpointing=async_save,
@@ -57,9 +50,9 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_iter_state: Any = None, *,
            force: bool = True) -> bool:
     """Starts saving `state` (and the JSON-able iterator state) as checkpoint `step`."""
-    items = {"state": ocp.args.StandardSave(state)}
+    items = {workdir_lib.STATE_ITEM: ocp.args.StandardSave(state)}
     if data_iter_state is not None:
-      items["data_iter"] = ocp.args.JsonSave(data_iter_state)
+      items[workdir_lib.DATA_ITER_ITEM] = ocp.args.JsonSave(data_iter_state)
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, abstract_state: Any, step: int | None = None, *,
@@ -76,12 +69,13 @@ class Checkpointer:
       FileNotFoundError: no checkpoint exists (or not that step).
     """
     step = self._resolve_step(step)
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    has_iter = os.path.isdir(os.path.join(self.directory, str(step), "data_iter"))
+    state_item, iter_item = workdir_lib.STATE_ITEM, workdir_lib.DATA_ITER_ITEM
+    items = {state_item: ocp.args.StandardRestore(abstract_state)}
+    has_iter = os.path.isdir(os.path.join(self.directory, str(step), iter_item))
     if with_data_iter and has_iter:
-      items["data_iter"] = ocp.args.JsonRestore()
+      items[iter_item] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], (restored["data_iter"] if "data_iter" in items else None)
+    return restored[state_item], (restored[iter_item] if iter_item in items else None)
 
   def _resolve_step(self, step: int | None) -> int:
     steps = self.all_steps()
@@ -108,56 +102,3 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
-
-
-def latest_step(workdir: str) -> int | None:
-  """The newest complete checkpoint step in a workdir, without creating anything."""
-  directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    return None
-  # Not read_only=True: that logs warnings; a manager that never saves writes nothing anyway.
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-  try:
-    return manager.latest_step()
-  finally:
-    manager.close()
-
-
-def restore_params(workdir: str, abstract_params: Any, step: int | None = None) -> Any:
-  """Reads only the params of a checkpoint (the optimizer state is never loaded).
-
-  Args:
-    workdir: the run directory or its checkpoints/ subdirectory.
-    abstract_params: tree of `jax.ShapeDtypeStruct` (with `.sharding` where it matters: leaves
-      without one are put on the first local device) matching the saved params.
-    step: the checkpoint step; None means the latest.
-
-  Returns:
-    The params tree with jax arrays.
-  """
-  directory = checkpoint_dir(workdir)
-  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract_params = jax.tree.map(
-      lambda x: x if getattr(x, "sharding", None) is not None
-      else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=default), abstract_params)
-  # The state was written by StandardSave, whose on-disk format is PyTreeCheckpointHandler's;
-  # reading it through that handler allows a partial restore of the `params` subtree only.
-  manager = ocp.CheckpointManager(
-      directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(create=False))
-  try:
-    steps = list(manager.all_steps())
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint in {directory}.")
-    step = max(steps) if step is None else step
-    if step not in steps:
-      raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; "
-                              f"available: {sorted(steps)}.")
-    item = {"params": abstract_params}
-    args = ocp.args.PyTreeRestore(
-        item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True)
-    restored = manager.restore(step, args=ocp.args.Composite(state=args))
-  finally:
-    manager.close()
-  return restored["state"]["params"]

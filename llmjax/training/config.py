@@ -21,10 +21,13 @@ class TrainConfig:
     batch_size: global batch size in sequences (all processes and microbatches together).
     seq_len: tokens per sequence (must be <= ModelConfig.max_seq_len).
     seed: seeds parameter init and dropout (the data order has its own seed in DataConfig).
-    learning_rate: peak learning rate, reached after warmup_steps.
+    learning_rate: peak learning rate, reached at the last warmup step.
     end_learning_rate_ratio: the cosine decay ends at learning_rate * this at train_steps.
-    warmup_steps: linear warmup from 0 to learning_rate.
-    weight_decay: decoupled AdamW weight decay (not applied to norms, biases, 1-D vectors).
+    warmup_steps: linear warmup: step s < warmup_steps (0-based) gets
+      learning_rate * (s + 1) / warmup_steps, so the first step already moves (at
+      learning_rate / warmup_steps) and the last warmup step is at the peak.
+    weight_decay: decoupled AdamW weight decay, on weight matrices and embedding tables only
+      (not on biases, norm parameters or T5's relative-position bias; training/optimizer.py).
     b1, b2, eps: Adam moments and epsilon.
     clip_norm: clip gradients to this global norm; 0 disables clipping.
     microbatches: gradient accumulation: split each batch into this many sequential pieces.

@@ -1,206 +1,282 @@
 """`train()`: the driver that turns four config dataclasses and a workdir into a trained model.
 
-Reads top to bottom: check the workdir's saved config -> validate -> write the run files ->
-tokenizer + data -> mesh + rules -> sharded state (fresh or restored) -> compile -> loop.
+`train()` reads top to bottom in the order it runs:
+  1. the workdir: a new one, or a run this config may continue (refused before touching it);
+  2. validate: the configs against each other and the devices, and a warm start's source
+     against the model's abstract params (computed once, here);
+  3. the tokenizer (checked against the model), then the run files;
+  4. the mesh's shardings and the sharded state: restored from the latest checkpoint, or fresh
+     (and warm-started);
+  5. the data iterator (at the checkpoint's position) and the compiled steps;
+  6. the loop, which gets everything from one `Run`.
 Everything a resumed run needs (params, optimizer state, rng, step, the data iterator's
 position) comes from the checkpoint and nothing in the math depends on wall-clock time or on
 whether the run was resumed, so a run killed at any point (even kill -9) and restarted ends
-with bitwise the same parameters as one that was never interrupted.
+with bitwise the same parameters as one that was never interrupted. The checks of steps 1-2
+are training/validation.py; the workdir's files are llmjax/workdir.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
+from llmjax import workdir as workdir_lib
 from llmjax.data import pipeline
-from llmjax.data import tokenizer as tokenizer_lib
+from llmjax.data.pipeline import DataConfig
+from llmjax.data.tokenizer import Tokenizer
+from llmjax.models import precision
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
-from llmjax.models.stack import check_remat_supported
 from llmjax.sharding import mesh as mesh_lib
 from llmjax.sharding import partition
 from llmjax.sharding import report as sharding_report
 from llmjax.sharding import rules as rules_lib
+from llmjax.sharding.mesh import MeshConfig
 from llmjax.training import checkpoint as ckpt_lib
-from llmjax.training import host_data, warm_start
+from llmjax.training import host_data, validation, warm_start
 from llmjax.training import metrics as metrics_lib
 from llmjax.training import state as state_lib
 from llmjax.training import step as step_lib
 from llmjax.training.config import TrainConfig
 from llmjax.training.optimizer import make_optimizer
-
-RUN_CONFIG = "run_config.json"
-# Fields that may differ between a workdir's saved config and a resumed run; any other change
-# (model shape, tokenizer, data, seq_len, batch_size, seed, optimizer) is refused because the
-# checkpoint would no longer mean what the new config says.
-RESUMABLE_CHANGES = frozenset({
-    "train.train_steps", "train.log_every", "train.eval_every", "train.eval_batches",
-    "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpointing",
-    "train.microbatches",  # Same math up to float reassociation; a memory knob.
-    # Same math, different memory use or kernels:
-    "model.remat_policy", "model.attention_impl", "model.scan_unroll",
-    "mesh.shape", "mesh.rules",  # Checkpoints restore onto any mesh.
-    "data.cache_dir", "data.tfds_data_dir",  # Where the same data lives.
-})
+from llmjax.training.state import TrainState
+from llmjax.training.step import Batch, Metrics, Params
 
 
-def run_config(model: ModelConfig, data: Any, train: TrainConfig, mesh: Any) -> dict:
-  """The JSON-able record of all four configs, as written to DIR/run_config.json."""
-  record = {name: dataclasses.asdict(cfg) for name, cfg in
-            (("model", model), ("data", data), ("train", train), ("mesh", mesh))}
-  return json.loads(json.dumps(record))  # Tuples -> lists, as they read back from disk.
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Everything the training loop needs, built once by `train()` before the first step.
+
+  The train state is not here: every step donates it and returns the next one.
+
+  Attributes:
+    workdir: the run directory (absolute).
+    model, data, train: the run's configs.
+    lm: the LanguageModel.
+    mesh: the device mesh; rules: the logical axis rules.
+    abstract_state: the state's `jax.ShapeDtypeStruct`s, carrying their shardings.
+    shardings: the state's `NamedSharding`s.
+    data_sharding: where a global [b, ...] batch lives.
+    tokenizer: the run's tokenizer.
+    train_iter: this process's rows of each training batch (`get_state` for checkpoints).
+    first_batch: the batch of the first step (read to learn the batch shapes).
+    train_step: the compiled `(state, batch) -> (state, metrics)`; the state is donated.
+    eval_step: the compiled `(params, batch) -> metrics`, or None without eval batches.
+    eval_batches: the fixed held-out batches (global arrays).
+    tokens_per_step: positions a step consumes, padding included (encoder and decoder rows
+      alike): the deterministic x-axis `tokens` of metrics.jsonl. tokens_per_sec and mfu count
+      only non-padding tokens (the steps' num_tokens, `metrics.count_tokens`).
+    flops_per_token: model FLOPs per token, for MFU.
+    peak_flops: one device's peak FLOP/s, for MFU.
+    checkpointer: saves the state and the data iterator's position.
+    writer: metrics.jsonl + TensorBoard.
+  """
+
+  workdir: str
+  model: ModelConfig
+  data: DataConfig
+  train: TrainConfig
+  lm: LanguageModel
+  mesh: Mesh
+  rules: rules_lib.Rules
+  abstract_state: TrainState
+  shardings: TrainState
+  data_sharding: NamedSharding
+  tokenizer: Tokenizer
+  train_iter: Any  # A Grain iterator (or data.sharded_iterator's): next, get_state, set_state.
+  first_batch: dict[str, np.ndarray]
+  train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+  eval_step: Callable[[Params, Batch], Metrics] | None
+  eval_batches: list[Batch]
+  tokens_per_step: int
+  flops_per_token: float
+  peak_flops: float
+  checkpointer: ckpt_lib.Checkpointer
+  writer: metrics_lib.MetricsWriter
 
 
-def config_diff(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
-  """(dotted field, old value, new value) for every field that differs."""
-  diffs = []
-  for section in sorted(set(old) | set(new)):
-    a, b = old.get(section, {}), new.get(section, {})
-    for field in sorted(set(a) | set(b)):
-      if a.get(field, "<missing>") != b.get(field, "<missing>"):
-        diffs.append((f"{section}.{field}", a.get(field, "<missing>"), b.get(field, "<missing>")))
-  return diffs
+def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: MeshConfig,
+          workdir: str, operative_config: str | None = None) -> dict[str, Any]:
+  """Trains (or resumes) a model in `workdir`; returns the final metrics.
+
+  Args:
+    model: the ModelConfig.
+    data: the DataConfig.
+    train: the TrainConfig.
+    mesh: the MeshConfig.
+    workdir: run directory; if it holds a checkpoint, training resumes from the latest one.
+    operative_config: gin's operative config text, saved as DIR/config.gin.
+
+  Returns:
+    The last logged training metrics, merged with the last evaluation's (`eval_loss`, ...).
+
+  Raises:
+    ValueError: incompatible configs, or a workdir made by an incompatible config.
+    FileExistsError: `workdir` holds files that are not an llmjax workdir's.
+    FileNotFoundError: a warm start's source is missing (TrainConfig.init_from).
+  """
+  workdir = os.path.abspath(os.fspath(workdir))
+  record = workdir_lib.run_record(model=model, data=data, train=train, mesh=mesh)
+
+  # 1. The workdir: new, or a run this config may continue. Nothing is written before step 3.
+  validation.check_resume_compatible(workdir_lib.existing_run(workdir), record)
+  resuming = workdir_lib.latest_step(workdir) is not None
+
+  # 2. Validate. The abstract params (with their logical axis names) are computed once here.
+  device_mesh = mesh_lib.make_mesh(mesh.shape)  # Raises if the shape does not fit the devices.
+  rules = rules_lib.get_rules(mesh.rules)
+  validation.validate(model, train, device_mesh, data)
+  lm = LanguageModel(model)
+  boxed_init = functools.partial(lm.init_boxed, batch_size=1, seq_len=train.seq_len)
+  abstract_boxed = jax.eval_shape(boxed_init, jax.random.PRNGKey(0))
+  warm = None
+  if train.init_from and not resuming:  # Shapes checked before anything is written.
+    warm = warm_start.plan(train.init_from, nn.unbox(abstract_boxed), train.init_from_step)
+
+  # 3. The tokenizer (a resumed run's own), checked against the model; then the run files.
+  train_source, _, _ = pipeline.prepare_dataset(data)
+  tokenizer = _load_or_build_tokenizer(data, workdir, train_source)
+  if tokenizer is not None:  # Process 0 (other processes load it once it is written).
+    validation.check_tokenizer(model, data, tokenizer)
+  if jax.process_index() == 0:
+    workdir_lib.write_run_files(workdir, record, tokenizer=tokenizer,
+                                config_gin=operative_config)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("llmjax: run files written")
+    if tokenizer is None:
+      tokenizer = workdir_lib.load_tokenizer(workdir)
+      validation.check_tokenizer(model, data, tokenizer)
+
+  # 4. Shardings, then the sharded state: restored, or fresh (and warm-started).
+  optimizer, schedule = make_optimizer(train)
+  master_dtype = precision.master_dtype(model.precision, model.param_dtype)
+  abstract_state, shardings = state_lib.abstract_state_shardings(
+      abstract_boxed, optimizer, device_mesh, rules, master_dtype=master_dtype)
+  if jax.process_index() == 0:
+    for warning in sharding_report.layout_warnings(abstract_boxed, device_mesh, rules):
+      print(f"llmjax: warning: {warning}", file=sys.stderr)
+  data_sharding = partition.data_sharding(device_mesh)
+  row_range = host_data.process_row_range(data_sharding, train.batch_size)
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=train.keep_checkpoints,
+                               async_save=train.async_checkpointing)
+  iter_state = None
+  if resuming:
+    state, iter_state = ckpt.restore(abstract_state)
+  else:
+    state, _ = state_lib.create_train_state(boxed_init, optimizer, train.seed, device_mesh, rules,
+                                            master_dtype=master_dtype, shardings=shardings)
+    if warm is not None:
+      # Adam's moments start at zero whatever the params, so only the params change.
+      params, report = warm.apply(state.params)
+      state = state.replace(params=params)
+      if jax.process_index() == 0:
+        print(f"llmjax: {report.summary()}", file=sys.stderr)
+  start = int(jax.device_get(state.step))
+
+  # 5. The data iterator, at the checkpoint's position; then the compiled steps.
+  # Given the DataConfig (not the source) so it applies shuffle/seed/text_feature; the
+  # prepared dataset is cached, so this does not prepare it again.
+  train_iter = pipeline.make_train_iterator(
+      data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
+      model_vocab_size=model.vocab_size, shards=data_streams(data, iter_state),
+      row_range=row_range)
+  if iter_state is not None:
+    train_iter.set_state(iter_state)
+  writer = metrics_lib.MetricsWriter(workdir)
+  writer.drop_after(start)
+  try:
+    if start >= train.train_steps:
+      if jax.process_index() == 0:
+        print(f"llmjax: {workdir} is already at step {start} >= train_steps={train.train_steps}; "
+              "raise TrainConfig.train_steps to continue.", file=sys.stderr)
+      return {"step": start}
+    first = next(train_iter)  # Its shapes/dtypes (with the global batch size) define the step.
+    abstract_batch = {k: jax.ShapeDtypeStruct((train.batch_size,) + np.shape(v)[1:],
+                                              np.asarray(v).dtype) for k, v in first.items()}
+    train_step = step_lib.compile_train_step(
+        lm, optimizer, train, device_mesh, rules, shardings, abstract_state, abstract_batch,
+        data_sharding, schedule)
+    eval_batches = _eval_batches(data, tokenizer, train, model, data_sharding, row_range)
+    eval_step = None
+    if eval_batches:
+      eval_step = step_lib.compile_eval_step(lm, device_mesh, rules, shardings.params,
+                                             abstract_state.params, abstract_batch,
+                                             data_sharding)
+    decoder_len = abstract_batch["inputs"].shape[1] if lm.is_encoder_decoder else None
+    run = Run(
+        workdir=workdir, model=model, data=data, train=train, lm=lm, mesh=device_mesh,
+        rules=rules, abstract_state=abstract_state, shardings=shardings,
+        data_sharding=data_sharding, tokenizer=tokenizer, train_iter=train_iter,
+        first_batch=first, train_step=train_step, eval_step=eval_step,
+        eval_batches=eval_batches, tokens_per_step=_tokens_per_step(abstract_batch),
+        flops_per_token=float(lm.flops_per_token(train.seq_len, decoder_len)),
+        peak_flops=metrics_lib.device_peak_flops(), checkpointer=ckpt, writer=writer)
+
+    # 6. The loop.
+    return _run_loop(run, state, start)
+  finally:
+    ckpt.close()  # Waits for async saves.
+    writer.close()
 
 
-def check_resume_compatible(workdir: str, new: dict) -> None:
-  """Raises ValueError (touching nothing) if the workdir was made by an incompatible config."""
-  path = os.path.join(workdir, RUN_CONFIG)
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    old = json.load(f)
-  if "converted_from" in old:
-    raise ValueError(
-        f"{workdir} holds a converted checkpoint (llmjax convert: params only, no optimizer or "
-        f"data state), which is not resumed: fine-tune from it into a new workdir with "
-        f"--gin_file={os.path.join(workdir, 'model.gin')} "
-        f"--gin.TrainConfig.init_from=\"'{workdir}'\" --workdir=NEW_DIR.")
-  bad = [d for d in config_diff(old, new) if d[0] not in RESUMABLE_CHANGES
-         and not _added_at_default(d, new)]
-  if bad:
-    lines = "\n".join(f"  {name}: {a!r} -> {b!r}" for name, a, b in bad)
-    raise ValueError(
-        f"{workdir} holds a run with a different configuration; refusing to resume it:\n"
-        f"{lines}\nUse a new --workdir, or revert these fields. (Fields that may change on "
-        f"resume: {', '.join(sorted(RESUMABLE_CHANGES))}.)")
+def _load_or_build_tokenizer(data: DataConfig, workdir: str,
+                             train_source: Any) -> Tokenizer | None:
+  """The workdir's tokenizer on resume (never retrained), else the one the data config says.
 
-
-def _added_at_default(diff: tuple[str, Any, Any], new: dict) -> bool:
-  """A field newer than the saved run, at its default value, changes nothing."""
-  name, old_value, new_value = diff
-  if old_value != "<missing>":
-    return False
-  section, field = name.split(".", 1)
-  cls = {"model": ModelConfig, "train": TrainConfig, "data": pipeline.DataConfig}.get(section)
-  defaults = {f.name: f.default for f in dataclasses.fields(cls)} if cls else {}
-  return field in defaults and defaults[field] == new_value
-
-
-def check_vocab(model: ModelConfig, vocab_size: int) -> None:
-  """The model's embedding table must cover every id the data can produce (the tokenizer's,
-  plus an objective's extra ids such as the MLM mask or T5 sentinels)."""
-  if vocab_size > model.vocab_size:
-    raise ValueError(f"the data needs {vocab_size} token ids (tokenizer + objective extra ids) "
-                     f"but ModelConfig.vocab_size={model.vocab_size}: set ModelConfig.vocab_size "
-                     f">= {vocab_size}.")
-
-
-# Which model family each data objective trains (ModelConfig.architecture, classifier head).
-OBJECTIVE_FAMILY = {
-    "causal_lm": ("decoder", False), "mlm": ("encoder", False),
-    "classification": ("encoder", True), "span_corruption": ("encoder_decoder", False),
-    "seq2seq": ("encoder_decoder", False)}
-_FAMILY_OBJECTIVES = {"decoder": "'causal_lm'", "encoder": "'mlm'",
-                      "encoder_decoder": "'span_corruption' or 'seq2seq'"}
-
-
-def check_objective(model: ModelConfig, data: Any) -> None:
-  """The data objective must produce the batches the model family trains on."""
-  objective = getattr(data, "objective", "causal_lm")
-  arch, classifier = OBJECTIVE_FAMILY[objective]
-  if model.architecture != arch:
-    raise ValueError(
-        f"DataConfig.objective={objective!r} trains an {arch!r} model, but "
-        f"ModelConfig.architecture={model.architecture!r}: use an {arch!r} model config, or "
-        f"DataConfig.objective={_FAMILY_OBJECTIVES[model.architecture]}.")
-  if model.is_classifier != classifier:
-    fix = ("set ModelConfig.num_classes to the number of labels (a classification head)"
-           if classifier else "unset ModelConfig.num_classes (an MLM head)")
-    other = "'mlm'" if classifier else "'classification'"
-    raise ValueError(f"DataConfig.objective={objective!r} with ModelConfig.num_classes="
-                     f"{model.num_classes}: {fix}, or use DataConfig.objective={other}.")
-  if classifier and data.num_classes != model.num_classes:
-    raise ValueError(
-        f"DataConfig.num_classes={data.num_classes} but ModelConfig.num_classes="
-        f"{model.num_classes}: set both to the number of labels in the data.")
-
-
-def validate(model: ModelConfig, train: TrainConfig, mesh: jax.sharding.Mesh,
-             data: Any = None) -> None:
-  """Checks that the configs fit together, before any data is read or anything compiled."""
-  if train.seq_len > model.max_seq_len:
-    raise ValueError(f"TrainConfig.seq_len={train.seq_len} exceeds ModelConfig.max_seq_len="
-                     f"{model.max_seq_len}: lower seq_len or raise max_seq_len.")
-  if data is not None:
-    check_objective(model, data)
-    decoder_len = getattr(data, "decoder_seq_len", None)
-    if decoder_len is not None and decoder_len > model.max_seq_len:
-      raise ValueError(f"DataConfig.decoder_seq_len={decoder_len} exceeds ModelConfig."
-                       f"max_seq_len={model.max_seq_len}: lower it or raise max_seq_len.")
-  check_remat_supported(model)
-  sequence = dict(mesh.shape).get("sequence", 1)
-  if train.seq_len % sequence:
-    raise ValueError(f"TrainConfig.seq_len={train.seq_len} is not divisible by the mesh's "
-                     f"sequence axis ({sequence}): sequence parallelism splits every sequence "
-                     f"into {sequence} equal pieces; pick seq_len as a multiple of {sequence}.")
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if train.microbatch_size % shards:
-    raise ValueError(
-        f"the batch is split over data x fsdp = {shards} devices, but each microbatch has "
-        f"{train.microbatch_size} rows (batch_size={train.batch_size} / microbatches="
-        f"{train.microbatches}): make batch_size / microbatches a multiple of {shards}.")
-  if train.batch_size % jax.process_count():
-    raise ValueError(f"TrainConfig.batch_size={train.batch_size} must be divisible by the "
-                     f"number of processes ({jax.process_count()}): each process feeds an "
-                     "equal share of the batch.")
-  streams = getattr(data, "shards", None) if data is not None else None
-  if streams is not None and train.batch_size % streams:
-    raise ValueError(f"TrainConfig.batch_size={train.batch_size} is not divisible by "
-                     f"DataConfig.shards={streams}: each data stream fills batch_size / shards "
-                     "rows.")
-
-
-def _write_run_files(workdir: str, record: dict, operative_config: str | None,
-                     tokenizer: Any) -> None:
+  A new tokenizer is not saved here: the run files are written only after validation. In a
+  multi-process run only process 0 builds it (None elsewhere); the others load what it saves.
+  """
+  if workdir_lib.has_tokenizer(workdir):
+    return workdir_lib.load_tokenizer(workdir)
   if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  _write_text(os.path.join(workdir, RUN_CONFIG), json.dumps(record, indent=2, sort_keys=True))
-  if operative_config is not None:
-    _write_text(os.path.join(workdir, "config.gin"), operative_config)
-  tokenizer_dir = os.path.join(workdir, "tokenizer")
-  if not os.path.exists(os.path.join(tokenizer_dir, tokenizer_lib.CONFIG_FILE)):
-    tokenizer.save(tokenizer_dir)
+    return None
+  return pipeline.get_or_train_tokenizer(data, train_source, tokenizer_dir=None)
 
 
-def _write_text(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)  # Atomic: a killed write never leaves half a file.
+def data_streams(data: DataConfig, iter_state: Any) -> int:
+  """Data streams of the global batch: the config's, else the checkpoint's, else 1 per process."""
+  saved = host_data.saved_shards(iter_state)
+  streams = getattr(data, "shards", None) or saved or jax.process_count()
+  if saved is not None and saved != streams:
+    raise ValueError(f"the checkpoint's data iterator has {saved} streams but DataConfig.shards="
+                     f"{streams}: resume with DataConfig.shards={saved} (or None).")
+  return streams
 
 
-def _evaluate(eval_step, params, eval_batches: list[dict]) -> dict[str, float]:
+def _eval_batches(data: DataConfig, tokenizer: Tokenizer, train: TrainConfig,
+                  model: ModelConfig, data_sharding: NamedSharding,
+                  row_range: tuple[int, int]) -> list[Batch]:
+  """The fixed held-out batches as global arrays (none when eval is off or there is no split)."""
+  if train.eval_batches <= 0:
+    return []
+  return [host_data.to_global(b, data_sharding, train.batch_size)
+          for b in pipeline.make_eval_batches(
+              data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
+              num_batches=train.eval_batches, model_vocab_size=model.vocab_size,
+              row_range=row_range)]
+
+
+def _tokens_per_step(abstract_batch: dict[str, jax.ShapeDtypeStruct]) -> int:
+  """Positions a step consumes: every row's, padding included, encoder and decoder alike."""
+  return sum(int(np.prod(v.shape)) for k, v in abstract_batch.items()
+             if k in ("inputs", "encoder_inputs"))
+
+
+def _evaluate(eval_step: Callable[[Params, Batch], Metrics], params: Params,
+              eval_batches: list[Batch]) -> dict[str, float]:
   results = jax.device_get([eval_step(params, batch) for batch in eval_batches])
   total = sum(float(r["weight_sum"]) for r in results)
   denom = max(total, 1e-8)
@@ -211,165 +287,45 @@ def _evaluate(eval_step, params, eval_batches: list[dict]) -> dict[str, float]:
   }
 
 
-def train(*, model: ModelConfig, data: Any, train: TrainConfig, mesh: Any, workdir: str,
-          operative_config: str | None = None) -> dict:
-  """Trains (or resumes) a model in `workdir`; returns the final metrics.
+def log_record(step_metrics: list[Metrics], seconds: float, *, flops_per_token: float,
+               peak_flops: float) -> dict[str, float]:
+  """One metrics.jsonl record of the steps since the last log, fetched to the host.
 
   Args:
-    model: the ModelConfig.
-    data: the DataConfig (llmjax.data.pipeline).
-    train: the TrainConfig.
-    mesh: the MeshConfig (llmjax.sharding.mesh).
-    workdir: run directory; if it holds a checkpoint, training resumes from the latest one.
-    operative_config: gin's operative config text, saved as DIR/config.gin.
+    step_metrics: each step's train-step metrics.
+    seconds: the steps' wall time (without evaluation and checkpoint pauses).
+    flops_per_token: model FLOPs per token (LanguageModel.flops_per_token).
+    peak_flops: one device's peak FLOP/s.
 
   Returns:
-    The last logged training metrics, merged with the last evaluation's (`eval_loss`, ...).
-
-  Raises:
-    ValueError: incompatible configs, or a workdir made by an incompatible config.
+    The metrics averaged over the steps (the learning rate: the current one), and
+    tokens_per_sec / mfu from the steps' non-padding tokens (num_tokens).
   """
-  workdir = os.path.abspath(os.fspath(workdir))
-  record = run_config(model, data, train, mesh)
-  check_resume_compatible(workdir, record)  # Before touching anything.
-  device_mesh = mesh_lib.make_mesh(mesh.shape)  # Raises if the shape does not fit the devices.
-  rules = rules_lib.get_rules(mesh.rules)
-  validate(model, train, device_mesh, data)
-  train_source, _, _ = pipeline.prepare_dataset(data)
-  tokenizer = _load_or_build_tokenizer(data, workdir, train_source)
-  if tokenizer is not None:  # Process 0 (other processes load it once it is written).
-    check_vocab(model, pipeline.required_vocab_size(data, tokenizer))
-  lm = LanguageModel(model)
-  resuming = ckpt_lib.latest_step(workdir) is not None
-  if train.init_from and not resuming:  # Shapes checked before anything is written.
-    warm_start.check_compatible(train.init_from, jax.eval_shape(lm.init, jax.random.PRNGKey(0)),
-                                train.init_from_step)
-  _write_run_files(workdir, record, operative_config, tokenizer)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("llmjax: run files written")
-    if tokenizer is None:
-      tokenizer = tokenizer_lib.load_tokenizer(os.path.join(workdir, "tokenizer"))
-      check_vocab(model, pipeline.required_vocab_size(data, tokenizer))
-
-  optimizer, schedule = make_optimizer(train)
-  boxed_init = lambda rng: lm.init_boxed(rng, batch_size=1, seq_len=train.seq_len)
-  abstract_state, shardings = state_lib.state_shardings(boxed_init, optimizer, device_mesh, rules)
-  if jax.process_index() == 0:
-    for warning in sharding_report.layout_warnings(
-        jax.eval_shape(boxed_init, jax.random.PRNGKey(0)), device_mesh, rules):
-      print(f"llmjax: warning: {warning}", file=sys.stderr)
-  data_sharding = partition.data_sharding(device_mesh)
-  row_range = host_data.process_row_range(data_sharding, train.batch_size)
-
-  ckpt = ckpt_lib.Checkpointer(workdir, keep=train.keep_checkpoints,
-                               async_save=train.async_checkpointing)
-  iter_state = None
-  if ckpt.latest_step() is not None:
-    state, iter_state = ckpt.restore(abstract_state)
-  else:
-    state, _ = state_lib.create_train_state(boxed_init, optimizer, train.seed, device_mesh, rules)
-    if train.init_from:
-      # Adam's moments start at zero whatever the params, so only the params change.
-      params, report = warm_start.load_matching_params(train.init_from, state.params,
-                                                       train.init_from_step)
-      state = state.replace(params=params)
-      if jax.process_index() == 0:
-        print(f"llmjax: {report.summary()}", file=sys.stderr)
-  streams = data_streams(data, iter_state)
-  # Given the DataConfig (not the source) so it applies shuffle/seed/text_feature; the
-  # prepared dataset is cached, so this does not prepare it again.
-  train_iter = pipeline.make_train_iterator(
-      data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
-      model_vocab_size=model.vocab_size, shards=streams, row_range=row_range)
-  if iter_state is not None:
-    train_iter.set_state(iter_state)
-  start = int(jax.device_get(state.step))
-
-  writer = metrics_lib.MetricsWriter(workdir)
-  writer.drop_after(start)
-  final: dict[str, Any] = {"step": start}
-  try:
-    if start >= train.train_steps:
-      if jax.process_index() == 0:
-        print(f"llmjax: {workdir} is already at step {start} >= train_steps={train.train_steps}; "
-            "raise TrainConfig.train_steps to continue.", file=sys.stderr)
-      return final
-    final = _run_loop(lm=lm, train=train, data=data, tokenizer=tokenizer, mesh=device_mesh,
-                      rules=rules, state=state, abstract_state=abstract_state,
-                      shardings=shardings, data_sharding=data_sharding, row_range=row_range,
-                      optimizer=optimizer,
-                      schedule=schedule, train_iter=train_iter, ckpt=ckpt, writer=writer,
-                      start=start)
-  finally:
-    ckpt.close()  # Waits for async saves.
-    writer.close()
-  return final
+  record = {k: float(np.mean([m[k] for m in step_metrics]))
+            for k in step_metrics[-1] if k != "num_tokens"}
+  record["learning_rate"] = float(step_metrics[-1]["learning_rate"])
+  tokens = sum(float(m["num_tokens"]) for m in step_metrics)
+  record["tokens_per_sec"] = tokens / seconds
+  record["mfu"] = metrics_lib.mfu(record["tokens_per_sec"], flops_per_token,
+                                  peak_flops=peak_flops)
+  return record
 
 
-def _load_or_build_tokenizer(data: Any, workdir: str, train_source: Any) -> Any:
-  """The workdir's tokenizer on resume (never retrained), else the one the data config says.
-
-  A new tokenizer is not saved here: the run files are written only after validation. In a
-  multi-process run only process 0 builds it (None elsewhere); the others load what it saves.
-  """
-  saved = os.path.join(workdir, "tokenizer")
-  if os.path.exists(os.path.join(saved, tokenizer_lib.CONFIG_FILE)):
-    return tokenizer_lib.load_tokenizer(saved)
-  if jax.process_index() != 0:
-    return None
-  return pipeline.get_or_train_tokenizer(data, train_source, tokenizer_dir=None)
-
-
-def data_streams(data: Any, iter_state: Any) -> int:
-  """Data streams of the global batch: the config's, else the checkpoint's, else 1 per process."""
-  saved = host_data.saved_shards(iter_state)
-  streams = getattr(data, "shards", None) or saved or jax.process_count()
-  if saved is not None and saved != streams:
-    raise ValueError(f"the checkpoint's data iterator has {saved} streams but DataConfig.shards="
-                     f"{streams}: resume with DataConfig.shards={saved} (or None).")
-  return streams
-
-
-def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state, shardings,
-              data_sharding, row_range, optimizer, schedule, train_iter, ckpt, writer,
-              start) -> dict:
-  first = next(train_iter)  # Its shapes/dtypes (with the global batch size) define the step.
-  abstract_batch = {k: jax.ShapeDtypeStruct((train.batch_size,) + np.shape(v)[1:],
-                                            np.asarray(v).dtype) for k, v in first.items()}
-  train_step = step_lib.compile_train_step(
-      lm, optimizer, train, mesh, rules, shardings, abstract_state, abstract_batch,
-      data_sharding, schedule)
-  eval_batches, eval_step = [], None
-  if train.eval_batches > 0:
-    eval_batches = [host_data.to_global(b, data_sharding, train.batch_size)
-                    for b in pipeline.make_eval_batches(
-                        data, tokenizer, batch_size=train.batch_size, seq_len=train.seq_len,
-                        num_batches=train.eval_batches, model_vocab_size=lm.config.vocab_size,
-                        row_range=row_range)]
-    if eval_batches:
-      eval_step = step_lib.compile_eval_step(lm, mesh, rules, shardings.params,
-                                             abstract_state.params, abstract_batch,
-                                             data_sharding)
-  # Tokens a step consumes: every row's tokens, encoder and decoder side alike.
-  tokens_per_step = sum(int(np.prod(v.shape)) for k, v in abstract_batch.items()
-                        if k in ("inputs", "encoder_inputs"))
-  flops_per_token = float(lm.flops_per_token(
-      train.seq_len, abstract_batch["inputs"].shape[1] if lm.is_encoder_decoder else None))
-  peak = metrics_lib.device_peak_flops()
-  is_main = jax.process_index() == 0
-
+def _run_loop(run: Run, state: TrainState, start: int) -> dict[str, Any]:
+  """Steps `start` .. train_steps: log, evaluate and checkpoint on their schedules."""
+  train, writer = run.train, run.writer
   bar = tqdm(total=train.train_steps, initial=start, desc="train", unit="step",
-             disable=not is_main, dynamic_ncols=True)
+             disable=jax.process_index() != 0, dynamic_ncols=True)
   pending: list[dict] = []  # Device-side metrics since the last log; fetched only at logs.
-  last_log_time, last_log_step = time.perf_counter(), start  # Compilation is already done.
+  last_log_time = time.perf_counter()  # Compilation is already done.
   paused = 0.0  # Seconds spent in eval and checkpoint saves since the last log.
   final: dict[str, Any] = {}
-  batch = first
+  batch = run.first_batch
   for step in range(start, train.train_steps):
     if step > start:
-      batch = next(train_iter)
-    state, metrics = train_step(state, host_data.to_global(batch, data_sharding,
-                                                           train.batch_size))
+      batch = next(run.train_iter)
+    state, metrics = run.train_step(state, host_data.to_global(batch, run.data_sharding,
+                                                               train.batch_size))
     pending.append(metrics)
     done = step + 1
     last = done == train.train_steps
@@ -377,28 +333,27 @@ def _run_loop(*, lm, train, data, tokenizer, mesh, rules, state, abstract_state,
       fetched = jax.device_get(pending)
       now = time.perf_counter()
       elapsed = max(now - last_log_time - paused, 1e-9)
-      tokens_per_sec = (done - last_log_step) * tokens_per_step / elapsed
-      last_log_time, last_log_step, pending, paused = now, done, [], 0.0
-      # Averages over the steps since the last log; the learning rate is the current one.
-      record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-      record["learning_rate"] = float(fetched[-1]["learning_rate"])
-      record["tokens"] = float(done * tokens_per_step)
-      record["tokens_per_sec"] = tokens_per_sec
-      record["mfu"] = metrics_lib.mfu(tokens_per_sec, flops_per_token, peak_flops=peak)
+      last_log_time, pending, paused = now, [], 0.0
+      record = log_record(fetched, elapsed, flops_per_token=run.flops_per_token,
+                          peak_flops=run.peak_flops)
+      record["tokens"] = float(done * run.tokens_per_step)
+      tokens_per_sec = record["tokens_per_sec"]
       final.update(writer.write(done, record))
       # Advanced only here, where the device has caught up: steps are dispatched
       # asynchronously, so counting dispatches would show a burst and then a stall.
       bar.update(done - bar.n)
       bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
-    if eval_step is not None and ((train.eval_every and done % train.eval_every == 0) or last):
+    if run.eval_step is not None and (
+        (train.eval_every and done % train.eval_every == 0) or last):
       jax.block_until_ready(metrics)  # So the pause below holds no training compute.
       pause_start = time.perf_counter()
-      final.update(writer.write(done, _evaluate(eval_step, state.params, eval_batches)))
+      final.update(writer.write(done, _evaluate(run.eval_step, state.params, run.eval_batches)))
       paused += time.perf_counter() - pause_start  # Kept out of tokens/s.
     if done % train.checkpoint_every == 0 or last:
       jax.block_until_ready(metrics)
       pause_start = time.perf_counter()
-      ckpt.save(done, state, host_data.global_iterator_state(train_iter.get_state()))
+      run.checkpointer.save(done, state,
+                            host_data.global_iterator_state(run.train_iter.get_state()))
       paused += time.perf_counter() - pause_start
   bar.close()
   final["step"] = int(jax.device_get(state.step))

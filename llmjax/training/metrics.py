@@ -3,7 +3,8 @@
 `MetricsWriter` appends one JSON object per line to DIR/metrics.jsonl and mirrors the numbers
 to TensorBoard event files in DIR/tensorboard; only process 0 writes. MFU is
 `tokens_per_sec * flops_per_token / (peak_flops_per_device * num_devices)`, with the peak
-looked up by `device_kind` on accelerators and measured (a timed fp32 matmul) on CPU.
+looked up by `device_kind` on accelerators and measured (a timed fp32 matmul) on CPU; both
+count only the tokens of documents, never padding (`count_tokens`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,19 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Dense peak FLOP/s per chip in bf16 (the dtype MFU is conventionally quoted in). fp32 peaks on
-# GPUs are far lower (H100 SXM: ~67e12 fp32, ~495e12 tf32), so fp32 runs show a low MFU.
-PEAK_FLOPS_BF16 = {
-    "h200": 989e12,
-    "h100": 989e12,  # SXM; the PCIe part is ~756e12.
-    "a100": 312e12,
-    "v100": 125e12,
-    "tpu v6": 918e12,  # v6e (Trillium)
-    "tpu v5p": 459e12,
-    "tpu v5 lite": 197e12,  # v5e reports "TPU v5 lite"
-    "tpu v5e": 197e12,
-    "tpu v4": 275e12,
-}
+from llmjax import workdir as workdir_lib
+from llmjax.training import accelerators
+
+# Dense bf16 peaks keyed on the exact device_kind JAX reports (shared with the planner). fp32
+# peaks on GPUs are far lower (H100 SXM: ~67e12 fp32, ~495e12 tf32), so fp32 runs show a low MFU.
+PEAK_FLOPS_BF16 = accelerators.PEAK_FLOPS_BF16
 
 
 class MetricsWriter:
@@ -46,7 +41,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, *, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = workdir_lib.metrics_path(workdir)
     self._file = None
     self._tb = None
     if not self.enabled:
@@ -55,7 +50,7 @@ class MetricsWriter:
     self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close()).
     if tensorboard:
       from tensorboardX import SummaryWriter  # Imported lazily: it is slow to import.
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(workdir_lib.tensorboard_dir(workdir))
 
   def drop_after(self, step: int) -> None:
     """Removes lines logged after `step`: a resumed run recomputes them from its checkpoint.
@@ -141,26 +136,60 @@ def _measured_cpu_flops(n: int = 1024, seconds: float = 0.5) -> float:
 
 
 def device_peak_flops(device: jax.Device | None = None) -> float:
-  """Peak dense FLOP/s of one device: a table by device_kind, or measured on CPU.
+  """Peak dense FLOP/s of one device: the bf16 datasheet peak by exact device_kind
+  (training/accelerators.py), or measured on CPU.
 
   On CPU the fake devices of one host share its cores, so the measured single-device rate is
   divided among the local devices (MFU = achieved / (peak_per_device * num_devices)).
-  Unknown accelerators fall back to the CPU-style measurement.
+  An accelerator missing from the table falls back to that measurement, with a warning: its
+  MFU is then relative to a timed fp32 matmul, not to the chip's peak.
   """
   device = device or jax.devices()[0]
-  kind = device.device_kind.lower()
-  for name, peak in PEAK_FLOPS_BF16.items():
-    if name in kind:
-      return peak
+  peak = accelerators.device_peak_flops_bf16(device)
+  if peak is not None:
+    return peak
   rate = _measured_cpu_flops()
   if device.platform == "cpu":
     return rate / max(1, jax.local_device_count())
+  _warn_unknown_kind(device.device_kind)
   return rate
+
+
+@functools.cache
+def _warn_unknown_kind(kind: str) -> None:
+  warnings.warn(f"llmjax: no peak FLOP/s for device_kind {kind!r}; MFU is computed against a "
+                "timed fp32 matmul. Add its datasheet bf16 peak to "
+                "llmjax/training/accelerators.py.", stacklevel=3)
+
+
+def count_tokens(batch: Mapping[str, Any]) -> jax.Array:
+  """The tokens of a training batch that `tokens_per_sec` and `mfu` count: padding excluded.
+
+  A token is a position that holds part of a document, i.e. segment id > 0: packed causal LM
+  and MLM rows (the padding after the last document is segment 0), classifier rows (the
+  padding after the text and every all-padding row of a short last batch are segment 0; so
+  a classifier's tokens are its rows' text tokens, not its labels) and both sides of an
+  encoder-decoder batch (`segment_ids` and `encoder_segment_ids`: `flops_per_token` spreads an
+  example's FLOPs over its encoder and decoder tokens alike). Masking does not matter: an MLM
+  position with weight 0 is still read. A batch without segment ids counts every position of
+  its inputs.
+
+  Returns:
+    A float32 scalar (a count; float so that it sums across steps without overflow).
+  """
+  total = jnp.zeros((), jnp.float32)
+  for ids, tokens in (("segment_ids", "inputs"), ("encoder_segment_ids", "encoder_inputs")):
+    if ids in batch:
+      total += jnp.sum(jnp.asarray(batch[ids]) > 0, dtype=jnp.float32)
+    elif tokens in batch:
+      total += jnp.float32(np.size(batch[tokens]))
+  return total
 
 
 def mfu(tokens_per_sec: float, flops_per_token: float, num_devices: int | None = None,
         peak_flops: float | None = None) -> float:
-  """Model FLOPs utilization: achieved model FLOP/s over the devices' peak."""
+  """Model FLOPs utilization: achieved model FLOP/s over the devices' peak (tokens_per_sec
+  counting non-padding tokens, `count_tokens`)."""
   num_devices = num_devices or jax.device_count()
   peak = peak_flops if peak_flops is not None else device_peak_flops()
   return tokens_per_sec * flops_per_token / (peak * num_devices)

@@ -6,6 +6,11 @@ follow the parameters (every optimizer subtree shaped like the params, e.g. Adam
 gets the params' shardings; scalars such as step counts are replicated). Then one
 `jax.jit(create, out_shardings=...)` builds the state already laid out on the mesh, so no
 device ever holds a full unsharded copy.
+
+The state's parameters are the fp32 master copy whatever dtype the model stores them in
+(`ModelConfig.param_dtype`, e.g. 'bfloat16' for a converted bf16 checkpoint): the layers cast
+them to the compute dtype, and every update lands in fp32. Only an explicit `master_dtype`
+(the pure-bf16 precision policy, `models.precision.master_dtype`) keeps them low precision.
 """
 
 from __future__ import annotations
@@ -48,6 +53,20 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return init_rng, train_rng
 
 
+def as_master(params: Any, master_dtype: Any = jnp.float32) -> Any:
+  """`params` (arrays or ShapeDtypeStructs) with every floating leaf in `master_dtype`."""
+  dtype = jnp.dtype(master_dtype)
+
+  def cast(x: Any) -> Any:
+    if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype)
+
+  return jax.tree.map(cast, params)
+
+
 def opt_state_shardings(abstract_opt_state: Any, params_shardings: Any,
                         replicated: NamedSharding) -> Any:
   """Shardings for an optimizer state: params-shaped subtrees follow the params."""
@@ -64,7 +83,8 @@ def opt_state_shardings(abstract_opt_state: Any, params_shardings: Any,
 
 
 def state_shardings(boxed_init: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
-                    mesh: Mesh, rules: Any) -> tuple[TrainState, TrainState]:
+                    mesh: Mesh, rules: Any, *, master_dtype: Any = jnp.float32
+                    ) -> tuple[TrainState, TrainState]:
   """Abstract state and its shardings, without allocating anything.
 
   Args:
@@ -72,14 +92,23 @@ def state_shardings(boxed_init: Callable[[jax.Array], Any], optimizer: optax.Gra
     optimizer: the optax transformation.
     mesh: device mesh.
     rules: logical axis rules (a rule set from `llmjax.sharding.rules`).
+    master_dtype: the dtype of the state's floating parameters (fp32 master parameters unless
+      a pure low-precision policy asks otherwise).
 
   Returns:
     (abstract_state, shardings): a TrainState of `jax.ShapeDtypeStruct`s (with `.sharding`
     set, so it can serve as an Orbax restore target) and a TrainState of `NamedSharding`s.
   """
-  abstract_boxed = jax.eval_shape(boxed_init, jax.random.PRNGKey(0))
+  return abstract_state_shardings(jax.eval_shape(boxed_init, jax.random.PRNGKey(0)), optimizer,
+                                  mesh, rules, master_dtype=master_dtype)
+
+
+def abstract_state_shardings(abstract_boxed: Any, optimizer: optax.GradientTransformation,
+                             mesh: Mesh, rules: Any, *, master_dtype: Any = jnp.float32
+                             ) -> tuple[TrainState, TrainState]:
+  """`state_shardings` from params already abstract: `jax.eval_shape(boxed_init, rng)`."""
   params_shardings = partition.logical_shardings(abstract_boxed, mesh, rules)
-  abstract_params = nn.unbox(abstract_boxed)
+  abstract_params = as_master(nn.unbox(abstract_boxed), master_dtype)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   replicated = NamedSharding(mesh, PartitionSpec())
   shardings = TrainState(
@@ -101,17 +130,24 @@ def state_shardings(boxed_init: Callable[[jax.Array], Any], optimizer: optax.Gra
 
 def create_train_state(boxed_init: Callable[[jax.Array], Any],
                        optimizer: optax.GradientTransformation, seed: int, mesh: Mesh,
-                       rules: Any) -> tuple[TrainState, TrainState]:
-  """Initializes params + optimizer state already sharded on `mesh`.
+                       rules: Any, *, master_dtype: Any = jnp.float32,
+                       shardings: TrainState | None = None) -> tuple[TrainState, TrainState]:
+  """Initializes params (in `master_dtype`, see `state_shardings`) + optimizer state already
+  sharded on `mesh`.
+
+  Args:
+    shardings: the state's shardings, when already computed (`state_shardings`).
 
   Returns:
     (state, shardings), shardings being a TrainState of `NamedSharding`s.
   """
-  _, shardings = state_shardings(boxed_init, optimizer, mesh, rules)
+  if shardings is None:
+    _, shardings = state_shardings(boxed_init, optimizer, mesh, rules,
+                                   master_dtype=master_dtype)
   init_rng, train_rng = seed_keys(seed)
 
   def create() -> TrainState:
-    params = nn.unbox(boxed_init(init_rng))
+    params = as_master(nn.unbox(boxed_init(init_rng)), master_dtype)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params), rng=train_rng)
 

@@ -10,7 +10,7 @@ end, so n microbatches give the gradient of one big batch (up to float reassocia
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +20,24 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
+from llmjax.sharding.rules import Rules
+from llmjax.training import metrics as metrics_lib
 from llmjax.training.config import TrainConfig
 from llmjax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+Params = Any  # A pytree of arrays: the model's parameters.
+
+
+class Trainable(Protocol):
+  """What the steps need from a model: a LanguageModel, or a test's toy with the same loss."""
+
+  def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None, *, z_loss: float = 0.0,
+              deterministic: bool = False) -> tuple[jax.Array, Metrics]:
+    """(loss, aux) with aux holding loss, z_loss, accuracy and weight_sum."""
+    ...
+
 # aux entries averaged over tokens (weighted by weight_sum) when combining microbatches.
 _MEAN_METRICS = ("loss", "z_loss", "accuracy")
 
@@ -46,8 +59,8 @@ def split_microbatches(batch: Batch, n: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
-def _grads_and_aux(model: Any, cfg: TrainConfig, params: Any, batch: Batch,
-                   rng: jax.Array) -> tuple[Any, Metrics]:
+def _grads_and_aux(model: Trainable, cfg: TrainConfig, params: Params, batch: Batch,
+                   rng: jax.Array) -> tuple[Params, Metrics]:
   """Gradient of the weighted-mean loss over `batch` and token-weighted aux metrics."""
 
   def loss_fn(p, mb, key):
@@ -87,7 +100,7 @@ def _grads_and_aux(model: Any, cfg: TrainConfig, params: Any, batch: Batch,
   return grads, metrics
 
 
-def make_train_step(model: Any, optimizer: optax.GradientTransformation, cfg: TrainConfig,
+def make_train_step(model: Trainable, optimizer: optax.GradientTransformation, cfg: TrainConfig,
                     schedule: optax.Schedule | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Returns the pure `train_step(state, batch) -> (state, metrics)`.
@@ -98,12 +111,17 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation, cfg: Tr
     optimizer: the optax transformation (from `make_optimizer`).
     cfg: the TrainConfig (microbatches, z_loss).
     schedule: the learning-rate schedule, only to report `learning_rate`.
+
+  Metrics: the loss_fn's loss, z_loss, accuracy and weight_sum, grad_norm, learning_rate (with
+  a schedule) and num_tokens, the batch's non-padding tokens (`metrics.count_tokens`: what
+  tokens_per_sec and MFU count).
   """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(state.rng, state.step)
     grads, metrics = _grads_and_aux(model, cfg, state.params, batch, rng)
     metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["num_tokens"] = metrics_lib.count_tokens(batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if schedule is not None:
@@ -114,14 +132,14 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation, cfg: Tr
   return train_step
 
 
-def make_eval_step(model: Any) -> Callable[[Any, Batch], Metrics]:
+def make_eval_step(model: Trainable) -> Callable[[Params, Batch], Metrics]:
   """Returns `eval_step(params, batch) -> metrics` (deterministic; no dropout).
 
   Metrics: loss and accuracy (token-weighted means over the batch) and weight_sum, so the
   caller can combine several batches with weights.
   """
 
-  def eval_step(params: Any, batch: Batch) -> Metrics:
+  def eval_step(params: Params, batch: Batch) -> Metrics:
     _, aux = model.loss_fn(params, batch, jax.random.PRNGKey(0), z_loss=0.0,
                            deterministic=True)
     return {"loss": aux["loss"], "accuracy": aux["accuracy"], "weight_sum": aux["weight_sum"]}
@@ -135,10 +153,11 @@ def _abstract(tree: Any, shardings: Any) -> Any:
       tree, shardings)
 
 
-def compile_train_step(model: Any, optimizer: optax.GradientTransformation, cfg: TrainConfig,
-                       mesh: Mesh, rules: Any, state_shardings: TrainState,
+def compile_train_step(model: Trainable, optimizer: optax.GradientTransformation,
+                       cfg: TrainConfig, mesh: Mesh, rules: Rules, state_shardings: TrainState,
                        abstract_state: TrainState, abstract_batch: Batch,
-                       batch_sharding: NamedSharding, schedule: optax.Schedule | None = None):
+                       batch_sharding: NamedSharding, schedule: optax.Schedule | None = None
+                       ) -> jax.stages.Compiled:
   """Ahead-of-time compiles the train step for these shapes and shardings.
 
   The state is donated (updated in place). Tracing happens under the mesh and the logical
@@ -157,9 +176,9 @@ def compile_train_step(model: Any, optimizer: optax.GradientTransformation, cfg:
                         _abstract(abstract_batch, batch_shardings)).compile()
 
 
-def compile_eval_step(model: Any, mesh: Mesh, rules: Any, params_shardings: Any,
-                      abstract_params: Any, abstract_batch: Batch,
-                      batch_sharding: NamedSharding):
+def compile_eval_step(model: Trainable, mesh: Mesh, rules: Rules, params_shardings: Any,
+                      abstract_params: Params, abstract_batch: Batch,
+                      batch_sharding: NamedSharding) -> jax.stages.Compiled:
   """Ahead-of-time compiles `eval_step(params, batch) -> metrics` (nothing donated)."""
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_shardings = jax.tree.map(lambda _: batch_sharding, abstract_batch)

@@ -97,6 +97,15 @@ def test_incompatible_rerun_exits_2_and_touches_nothing(workdir, corpus, capsys)
   assert {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)} == files
 
 
+def test_training_into_a_foreign_directory_exits_2_and_writes_nothing(tmp_path, capsys):
+  (tmp_path / "notes.txt").write_text("not a run")
+  code = main(["train", "--gin_file=gin_configs/runs/quickstart.gin", f"--workdir={tmp_path}",
+               *_SMALL])
+  assert code == 2
+  assert "is not an llmjax workdir (it holds notes.txt" in capsys.readouterr().err
+  assert os.listdir(tmp_path) == ["notes.txt"]
+
+
 def test_unknown_binding_exits_2_with_close_matches(tmp_path, capsys):
   code = main(["train", "--gin_file=gin_configs/runs/quickstart.gin",
                f"--workdir={tmp_path / 'w'}", "--gin.TRAIN_STEPZ=3"])

@@ -68,6 +68,48 @@ def test_classification_fine_tune_reaches_high_accuracy(data_dir, monkeypatch, t
   assert final["eval_accuracy"] >= 0.9, final  # Chance is 0.5.
 
 
+def _pair_files(directory: Path) -> None:
+  """Paraphrase pairs: label 1 when the second text repeats the first's words, reordered."""
+  rng = np.random.default_rng(0)
+  words = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "rock"]
+  for name, n in (("train", 64), ("validation", 16)):
+    rows = []
+    for i in range(n):
+      first = list(rng.choice(words, 3, replace=False))
+      second = list(rng.permutation(first)) if i % 2 else list(rng.choice(words, 3))
+      rows.append(json.dumps({"text": " ".join(first), "text_pair": " ".join(second),
+                              "label": i % 2}))
+    (directory / f"{name}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def test_sentence_pair_classification_trains_end_to_end(tmp_path, capsys):
+  import llmjax
+
+  _pair_files(tmp_path)
+  files = [f"--gin.TRAIN_FILE='{tmp_path}/train.jsonl'",
+           f"--gin.EVAL_FILE='{tmp_path}/validation.jsonl'", "--gin.TEXT_PAIR_FIELD='text_pair'"]
+  # Two texts need a token-type table: refused, before anything is written, without one.
+  code = main(["train", f"--gin_file={REPO}/gin_configs/runs/classify.gin",
+               f"--workdir={tmp_path / 'refused'}", *_FAST, *files])
+  assert code == 2 and "type_vocab_size=2" in capsys.readouterr().err
+  assert not (tmp_path / "refused").exists() or not os.listdir(tmp_path / "refused")
+  workdir = tmp_path / "pairs"
+  code = main(["train", f"--gin_file={REPO}/gin_configs/runs/classify.gin",
+               f"--workdir={workdir}", *_FAST, *files, "--gin.ModelConfig.type_vocab_size=2"])
+  assert code == 0
+  metrics = _metrics(workdir)
+  train = [m for m in metrics if "loss" in m]
+  evals = [m for m in metrics if "eval_loss" in m]
+  assert train[-1]["step"] == 3 and all(np.isfinite(m["loss"]) for m in train)
+  assert evals[-1]["eval_tokens"] == 16 and np.isfinite(evals[-1]["eval_loss"])
+  # The trained classifier reads the token types it was trained with.
+  loaded = llmjax.load(str(workdir))
+  assert loaded.config.type_vocab_size == 2 and loaded.config.num_classes == 2
+  ids = np.asarray([[1, 10, 11, 2, 12, 13, 2]])
+  types = np.asarray([[0, 0, 0, 0, 1, 1, 1]])
+  assert not np.allclose(loaded.logits(ids, token_type_ids=types), loaded.logits(ids))
+
+
 def test_objective_and_model_family_must_match(data_dir, monkeypatch, tmp_path, capsys):
   monkeypatch.chdir(data_dir)
   code = main(["train", f"--gin_file={REPO}/gin_configs/runs/classify.gin",

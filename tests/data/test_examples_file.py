@@ -100,3 +100,14 @@ def test_eval_file_and_small_files(tmp_path):
   assert len(train) == len(valid) == 1
   _, valid, _ = examples_file.load_example_files(t, None, "seq2seq", eval_fraction=0.0, seed=0)
   assert valid is None
+
+
+def test_sentence_pairs_read_a_second_text_field(tmp_path):
+  path = _write(tmp_path / "nli.csv", "premise,hypothesis,y\nit rains,it is wet,1\nsun,snow,0\n")
+  kw = dict(text_field="premise", text_pair_field="hypothesis", label_field="y", num_classes=2)
+  examples, _ = examples_file.read_examples(path, "classification", **kw)
+  assert examples == [{"text": "it rains", "text_pair": "it is wet", "label": 1},
+                      {"text": "sun", "text_pair": "snow", "label": 0}]
+  bad = _write(tmp_path / "bad.jsonl", '{"premise": "a", "y": 0}\n')
+  with pytest.raises(ValueError, match=r"bad\.jsonl:1:.*DataConfig\.text_pair_field"):
+    examples_file.read_examples(bad, "classification", **kw)

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 from llmjax.data import objectives
+from llmjax.data.tokenizer import ByteTokenizer, IdTokenizer
 
 BOS, EOS, UNK = 1, 2, 3
 VOCAB = 260  # Tokenizer vocab; the mask id sits just past it.
 MASK = VOCAB
+SPECIALS = ByteTokenizer().special_ids  # Ours: pad, bos, eos, unk = 0-3.
 
 
 def _mlm_draws(num_docs=2000, seed=0):
@@ -18,7 +20,8 @@ def _mlm_draws(num_docs=2000, seed=0):
     ids[rng.random(len(ids)) < 0.05] = UNK  # Unknown pieces are special: never predicted.
     docs.append(np.concatenate([[BOS], ids, [EOS]]))
     examples.append(objectives.mlm_example(ids, rng, mask_id=MASK, vocab_size=VOCAB,
-                                           mlm_rate=0.15, bos_id=BOS, eos_id=EOS))
+                                           mlm_rate=0.15, bos_id=BOS, eos_id=EOS,
+                                           special_ids=SPECIALS))
   return docs, examples
 
 
@@ -59,7 +62,7 @@ def test_mlm_selection_is_uniform_over_positions():
   counts = np.zeros(42)
   for _ in range(4000):
     counts += objectives.mlm_example(ids, rng, mask_id=MASK, vocab_size=VOCAB, bos_id=BOS,
-                                     eos_id=EOS)["weights"]
+                                     eos_id=EOS, special_ids=SPECIALS)["weights"]
   assert counts[0] == counts[-1] == 0
   expected = 4000 * 6 / 40  # 6 = round(0.15 * 40) of the 40 tokens.
   assert np.all(np.abs(counts[1:-1] - expected) < 5 * np.sqrt(expected))
@@ -67,9 +70,66 @@ def test_mlm_selection_is_uniform_over_positions():
 
 def test_mlm_without_regular_tokens_predicts_nothing():
   ex = objectives.mlm_example([UNK], np.random.default_rng(0), mask_id=MASK, vocab_size=VOCAB,
-                              bos_id=BOS, eos_id=EOS)
+                              bos_id=BOS, eos_id=EOS, special_ids=SPECIALS)
   np.testing.assert_array_equal(ex["inputs"], [BOS, UNK, EOS])
   assert ex["weights"].sum() == 0
+
+
+def _mlm_reference_ids_0_to_3(ids, rng, mask_id, vocab_size, rate=0.15):
+  """The masking as specified for specials 0-3 (what every run before this change drew)."""
+  doc = np.concatenate([[BOS], ids, [EOS]]).astype(np.int32)
+  inputs, weights = doc.copy(), np.zeros(len(doc), np.float32)
+  candidates = np.flatnonzero(doc >= 4)
+  if len(candidates):
+    k = min(len(candidates), max(1, round(rate * len(candidates))))
+    chosen = rng.choice(candidates, size=k, replace=False)
+    u = rng.random(k)
+    random_ids = rng.integers(4, vocab_size, size=k, dtype=np.int32)
+    inputs[chosen] = np.where(u < 0.8, mask_id, np.where(u < 0.9, random_ids, doc[chosen]))
+    weights[chosen] = 1.0
+  return inputs, weights
+
+
+def test_mlm_with_our_specials_draws_exactly_as_before():
+  rng, ref_rng = np.random.default_rng(7), np.random.default_rng(7)
+  data = np.random.default_rng(8)
+  for _ in range(300):
+    ids = data.integers(0, VOCAB, size=int(data.integers(0, 60)))
+    ex = objectives.mlm_example(ids, rng, mask_id=MASK, vocab_size=VOCAB, bos_id=BOS,
+                                eos_id=EOS, special_ids=SPECIALS)
+    inputs, weights = _mlm_reference_ids_0_to_3(ids, ref_rng, MASK, VOCAB)
+    np.testing.assert_array_equal(ex["inputs"], inputs)
+    np.testing.assert_array_equal(ex["weights"], weights)
+
+
+# A converted BERT's WordPiece ids: [PAD] 0, [unused0..2] 1-3, [UNK] 100, [CLS] 101, [SEP] 102,
+# [MASK] 103; 30522 ids.
+BERT = IdTokenizer(30522, pad_id=0, bos_id=101, eos_id=102, unk_id=100, mask_id=103)
+
+
+def test_mlm_takes_a_bert_tokenizers_special_ids():
+  assert BERT.special_ids == {0, 100, 101, 102, 103}
+  rng = np.random.default_rng(3)
+  selected, replacements = [], []
+  for _ in range(3000):
+    # Ordinary ids 1-3 and 104.., with [UNK] sprinkled in.
+    ids = rng.choice(np.r_[1:4, 104:140, 100], size=int(rng.integers(1, 40)))
+    ex = objectives.mlm_example(ids, rng, mask_id=BERT.mask_id, vocab_size=BERT.vocab_size,
+                                bos_id=BERT.bos_id, eos_id=BERT.eos_id,
+                                special_ids=BERT.special_ids)
+    doc, picked = ex["targets"], ex["weights"] == 1.0
+    assert doc[0] == 101 and doc[-1] == 102
+    selected.append(doc[picked])
+    changed = picked & (ex["inputs"] != doc) & (ex["inputs"] != BERT.mask_id)
+    replacements.append(ex["inputs"][changed])
+  selected, replacements = np.concatenate(selected), np.concatenate(replacements)
+  # [CLS], [SEP], [UNK] are never masked; [unused0..2] (ids 1-3) are, like any word.
+  assert not np.isin(selected, list(BERT.special_ids)).any()
+  assert set(np.unique(selected[selected < 4])) == {1, 2, 3}
+  # Random replacements: uniform over the 30517 non-special ids, none of them special.
+  assert not np.isin(replacements, list(BERT.special_ids)).any()
+  assert len(replacements) > 500
+  assert abs(replacements.mean() - 30522 / 2) < 4 * 30522 / np.sqrt(12 * len(replacements))
 
 
 def _sentinels(v=1000, n=100):

@@ -9,6 +9,7 @@ import pytest
 from llmjax.data import packing, pipeline
 from llmjax.data.pipeline import DataConfig
 from llmjax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
+from tests.data.batches import assert_same_batches, take
 
 B, T = 4, 32
 
@@ -25,18 +26,6 @@ def corpus(tmp_path_factory):
                    cache_dir=str(tmp_path_factory.mktemp("cache")))
   train, valid, stats = pipeline.prepare_dataset(cfg)
   return cfg, train, valid, stats
-
-
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _assert_same(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b, strict=True):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def _iter(source, seed=0, **kw):
@@ -57,33 +46,33 @@ def test_batch_format(corpus):
 
 def test_same_seed_same_batches_and_other_seed_differs(corpus):
   _, train, _, _ = corpus
-  a, b, c = _take(_iter(train, 3), 6), _take(_iter(train, 3), 6), _take(_iter(train, 4), 6)
-  _assert_same(a, b)
+  a, b, c = take(_iter(train, 3), 6), take(_iter(train, 3), 6), take(_iter(train, 4), 6)
+  assert_same_batches(a, b)
   assert any(not np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, c, strict=True))
 
 
 def test_resume_is_exact_through_json(corpus):
   _, train, _, _ = corpus
   it = _iter(train)
-  _take(it, 5)
+  take(it, 5)
   state = json.loads(json.dumps(it.get_state()))
-  expected = _take(it, 30)  # Runs over several epochs of this tiny corpus.
+  expected = take(it, 30)  # Runs over several epochs of this tiny corpus.
   fresh = _iter(train)
   fresh.set_state(state)
-  _assert_same(_take(fresh, 30), expected)
+  assert_same_batches(take(fresh, 30), expected)
 
 
 def test_iterator_is_infinite_and_reshuffles_epochs(corpus):
   _, train, _, _ = corpus
   tokens_per_epoch = sum(len(r["text"]) + 2 for r in (train[i] for i in range(len(train))))
   n = 3 * tokens_per_epoch // (B * T) + 2
-  assert len(_take(_iter(train), n)) == n
+  assert len(take(_iter(train), n)) == n
 
 
 def test_process_rows_together_equal_global_batch(corpus):
   _, train, _, _ = corpus
-  full = _take(_iter(train), 4)
-  parts = [_take(_iter(train, process_index=p, process_count=2), 4) for p in range(2)]
+  full = take(_iter(train), 4)
+  parts = [take(_iter(train, process_index=p, process_count=2), 4) for p in range(2)]
   for g, p0, p1 in zip(full, *parts, strict=True):
     for k in g:
       assert p0[k].shape == (B // 2, T)
@@ -103,7 +92,7 @@ def test_eval_split_disjoint_and_batches_deterministic(corpus):
   assert not paths(train) & paths(valid)
   kw = dict(batch_size=B, seq_len=T, num_batches=3, process_index=0, process_count=1)
   a = pipeline.make_eval_batches(valid, ByteTokenizer(), **kw)
-  _assert_same(a, pipeline.make_eval_batches(valid, ByteTokenizer(), **kw))
+  assert_same_batches(a, pipeline.make_eval_batches(valid, ByteTokenizer(), **kw))
   assert 1 <= len(a) <= 3 and all(b["inputs"].shape == (B, T) for b in a)
   valid_text = "".join(valid[i]["text"].decode() for i in range(len(valid)))
   assert sum(float(b["weights"].sum()) for b in a) <= len(valid_text.encode()) + 2 * len(valid)

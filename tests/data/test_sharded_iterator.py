@@ -7,6 +7,7 @@ import pytest
 
 from llmjax.data import pipeline, sharded_iterator
 from llmjax.data.tokenizer import ByteTokenizer
+from tests.data.batches import assert_same_batches, take
 
 B, T = 8, 16
 # Documents tagged by index: a row's first token tells which record it came from.
@@ -16,10 +17,6 @@ RECORDS = [{"text": chr(65 + i % 26) * (5 + i % 7)} for i in range(40)]
 def _iter(shards, row_range=(0, B), **kw):
   return pipeline.make_train_iterator(RECORDS, ByteTokenizer(), batch_size=B, seq_len=T, seed=3,
                                       shards=shards, row_range=row_range, **kw)
-
-
-def _take(it, n):
-  return [next(it) for _ in range(n)]
 
 
 @pytest.mark.parametrize("first,rows,want", [
@@ -39,9 +36,9 @@ def test_stream_slices_reject_a_batch_the_streams_do_not_divide():
 
 @pytest.mark.parametrize("processes", [2, 4])
 def test_processes_together_build_the_single_process_batches(processes):
-  whole = _take(_iter(4), 5)
+  whole = take(_iter(4), 5)
   rows = B // processes
-  parts = [_take(_iter(4, (p * rows, rows)), 5) for p in range(processes)]
+  parts = [take(_iter(4, (p * rows, rows)), 5) for p in range(processes)]
   for step, batch in enumerate(whole):
     for key in batch:
       np.testing.assert_array_equal(
@@ -53,32 +50,28 @@ def test_each_stream_reads_only_its_own_records():
   # even record (A, C, E, ... are the letters of even indices modulo 26).
   odd = {chr(65 + i % 26) for i in range(1, 40, 2)}
   even = {chr(65 + i % 26) for i in range(0, 40, 2)} - odd
-  batches = _take(_iter(2, (4, 4)), 6)
+  batches = take(_iter(2, (4, 4)), 6)
   seen = {chr(t) for b in batches for t in np.unique(b["inputs"]) if 65 <= t < 91}
   assert seen and seen <= odd and not seen & even
 
 
 def test_one_stream_is_the_plain_pipeline():
-  plain = _take(pipeline.make_train_iterator(RECORDS, ByteTokenizer(), batch_size=B, seq_len=T,
+  plain = take(pipeline.make_train_iterator(RECORDS, ByteTokenizer(), batch_size=B, seq_len=T,
                                              seed=3, process_index=0, process_count=1), 3)
-  for a, b in zip(plain, _take(_iter(1), 3), strict=True):
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
+  assert_same_batches(plain, take(_iter(1), 3))
 
 
 def test_merged_per_process_states_resume_on_any_process_count():
   halves = [_iter(2, (0, 4)), _iter(2, (4, 4))]
   for it in halves:
-    _take(it, 3)
+    take(it, 3)
   merged = sharded_iterator.merge_states([it.get_state() for it in halves])
   merged = json.loads(json.dumps(merged))  # As it comes back from the checkpoint.
   resumed = _iter(2)
   resumed.set_state(merged)
   reference = _iter(2)
-  _take(reference, 3)
-  for a, b in zip(_take(resumed, 3), _take(reference, 3), strict=True):
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
+  take(reference, 3)
+  assert_same_batches(take(resumed, 3), take(reference, 3))
 
 
 def test_state_with_another_stream_count_is_refused():

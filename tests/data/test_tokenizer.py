@@ -8,7 +8,12 @@ import pytest
 import sentencepiece as spm
 
 from llmjax.data import tokenizer as tokenizer_lib
-from llmjax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, load_tokenizer
+from llmjax.data.tokenizer import (
+    ByteTokenizer,
+    IdTokenizer,
+    SentencePieceTokenizer,
+    load_tokenizer,
+)
 
 TRICKY = [
     "def f(x):\n\tif x  >  1:\r\n        return 'héllo 世界 🎉'\n\n\n",
@@ -191,3 +196,48 @@ def test_old_tokenizer_files_load_and_save_unchanged(sp_tok, tmp_path):
   ByteTokenizer().save(str(new))
   assert json.loads((new / tokenizer_lib.CONFIG_FILE).read_text()) == {
       "kind": "byte", "vocab_size": 260, "pad_id": 0, "bos_id": 1, "eos_id": 2}
+
+
+def test_special_ids_are_each_tokenizers_own(sp_tok, llama_proto, t5_proto, tmp_path):
+  assert ByteTokenizer().special_ids == {0, 1, 2, 3}
+  assert sp_tok.special_ids == {0, 1, 2, 3}  # Trained here: pad, bos, eos, unk.
+  # Converted: id 3 is an ordinary piece of LLaMA's and T5's vocabularies.
+  assert SentencePieceTokenizer(llama_proto).special_ids == {0, 1, 2}
+  assert SentencePieceTokenizer(t5_proto, bos_id=0).special_ids == {0, 1, 2}
+  # A converted BERT's ids (WordPiece, read as ids only) keep unk and mask through a save.
+  bert = IdTokenizer(30522, pad_id=0, bos_id=101, eos_id=102, unk_id=100, mask_id=103)
+  assert bert.special_ids == {0, 100, 101, 102, 103}
+  bert.save(str(tmp_path))
+  loaded = load_tokenizer(str(tmp_path))
+  assert (loaded.unk_id, loaded.mask_id, loaded.special_ids) == (100, 103, bert.special_ids)
+  assert IdTokenizer(96, eos_id=95).special_ids == {95}
+
+
+def test_mask_and_sentinel_ids_default_to_the_trained_here_conventions(sp_tok, t5_proto):
+  # Trained here: MLM masks with vocab_size (past the ids); no sentinels of its own, so a
+  # model puts sentinel i at its vocab_size - 1 - i.
+  for tok in (ByteTokenizer(), sp_tok, SentencePieceTokenizer(t5_proto, bos_id=0)):
+    assert tokenizer_lib.mask_id(tok) == tok.vocab_size
+    assert tokenizer_lib.sentinel_ids(tok) == ()
+  bert = IdTokenizer(30522, pad_id=0, bos_id=101, eos_id=102, unk_id=100, mask_id=103)
+  assert tokenizer_lib.mask_id(bert) == 103
+
+
+def test_converted_mask_and_sentinel_ids_survive_a_save(t5_proto, tmp_path):
+  # A converted T5 keeps HF's sentinels past its pieces (<extra_id_i> = 300 + 10 - 1 - i).
+  sentinels = tuple(range(309, 299, -1))
+  tok = SentencePieceTokenizer(t5_proto, bos_id=0, mask_id=5, sentinel_ids=sentinels)
+  assert tokenizer_lib.sentinel_ids(tok) == sentinels and tokenizer_lib.mask_id(tok) == 5
+  assert tok.special_ids == {0, 1, 2, 5}
+  tok.save(str(tmp_path / "sp"))
+  loaded = load_tokenizer(str(tmp_path / "sp"))
+  assert (loaded.sentinel_ids, loaded.mask_id, loaded.special_ids) == (sentinels, 5,
+                                                                       tok.special_ids)
+  # Sentinel ids past the pieces have no text: decode leaves them out (the sampler names them).
+  ids = tok.encode("def f")
+  assert tok.decode(ids + [309] + ids) == tok.decode(ids + ids)
+  ids_only = IdTokenizer(96, eos_id=1, sentinel_ids=(89, 88))
+  ids_only.save(str(tmp_path / "ids"))
+  assert load_tokenizer(str(tmp_path / "ids")).sentinel_ids == (89, 88)
+  with pytest.raises(ValueError, match="distinct"):
+    IdTokenizer(96, sentinel_ids=(89, 89))

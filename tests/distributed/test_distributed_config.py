@@ -93,7 +93,7 @@ def test_batch_not_divisible_by_processes_is_refused_before_compiling(monkeypatc
   from llmjax.models.config import ModelConfig
   from llmjax.sharding.mesh import make_mesh
   from llmjax.training.config import TrainConfig
-  from llmjax.training.loop import validate
+  from llmjax.training.validation import validate
 
   model = ModelConfig(vocab_size=64, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32,
                       max_seq_len=16)
@@ -110,7 +110,7 @@ def test_seq_len_not_divisible_by_the_sequence_axis_is_refused():
   from llmjax.models.config import ModelConfig
   from llmjax.sharding.mesh import make_mesh
   from llmjax.training.config import TrainConfig
-  from llmjax.training.loop import validate
+  from llmjax.training.validation import validate
 
   model = ModelConfig(vocab_size=64, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32,
                       max_seq_len=16)

@@ -6,7 +6,9 @@ a bias or the T5 position bias cannot pass by accident: no tensor is all ones or
 and saves it as an HF folder: `config.json`, `model.safetensors` (or, with `max_shard_size`,
 shards plus `model.safetensors.index.json`) and, but for BERT, `generation_config.json`.
 `torch_logits` and `hf_greedy` are the reference outputs; `write_sentencepiece` writes a small
-`tokenizer.model` with LLaMA's or T5's special ids.
+`tokenizer.model` with LLaMA's or T5's special ids; `write_t5_tokenizer` and
+`write_bert_tokenizer` write the tokenizer files of a hub T5 (spiece.model plus extra ids) or
+BERT (vocab.txt with [CLS] ... away from ids 0-3) folder, as `transformers` saves them.
 
 This module imports torch and transformers at the top: test modules call
 `pytest.importorskip("torch", ...)` before importing it, so the suite skips cleanly without them.
@@ -86,12 +88,15 @@ def make_llama(path: str, *, tie: bool = False, seed: int = 0,
                          max_shard_size=max_shard_size)
 
 
-def make_bert(path: str, *, seed: int = 0, max_shard_size: str | None = None) -> dict[str, Any]:
+def make_bert(path: str, *, seed: int = 0, max_shard_size: str | None = None,
+              hidden_act: str = "gelu") -> dict[str, Any]:
   """Saves a 2-layer BertForMaskedLM (vocab 96, 48 wide, 4 heads, exact-erf gelu) to path.
 
   Args:
     path: the folder to write.
     seed: torch seed for the perturbation.
+    hidden_act: the MLP's and the MLM head transform's activation ("gelu" is exact erf GELU;
+      "gelu_new" the tanh form; "relu").
     max_shard_size: e.g. "20KB" to write a sharded folder with an index.
 
   Returns:
@@ -99,7 +104,7 @@ def make_bert(path: str, *, seed: int = 0, max_shard_size: str | None = None) ->
   """
   config = transformers.BertConfig(
       vocab_size=VOCAB_SIZE, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-      intermediate_size=80, max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu",
+      intermediate_size=80, max_position_embeddings=64, type_vocab_size=2, hidden_act=hidden_act,
       layer_norm_eps=1e-12, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
       classifier_dropout=0.0, pad_token_id=0)
   return _build_and_save(transformers.BertForMaskedLM, config, path, seed=seed,
@@ -152,23 +157,28 @@ def make_t5(path: str, *, v1_1: bool = True, seed: int = 0,
 
 
 def torch_logits(model: Any, input_ids: np.ndarray,
-                 decoder_input_ids: np.ndarray | None = None) -> np.ndarray:
+                 decoder_input_ids: np.ndarray | None = None,
+                 token_type_ids: np.ndarray | None = None) -> np.ndarray:
   """Returns the model's float32 logits, [b, t, v] (decoder positions for T5), as NumPy.
 
   Args:
     model: a model from a `make_*` function.
     input_ids: [b, t] int ids (the encoder input for T5).
     decoder_input_ids: [b, t_dec] int ids, T5 only (start token included).
+    token_type_ids: [b, t] int token types, BERT only (None: transformers' default, all 0).
   """
   kwargs = {"input_ids": torch.as_tensor(np.asarray(input_ids), dtype=torch.long)}
   if decoder_input_ids is not None:
     kwargs["decoder_input_ids"] = torch.as_tensor(np.asarray(decoder_input_ids), dtype=torch.long)
+  if token_type_ids is not None:
+    kwargs["token_type_ids"] = torch.as_tensor(np.asarray(token_type_ids), dtype=torch.long)
   with torch.no_grad():
     return model(**kwargs).logits.float().numpy()
 
 
 def hf_greedy(model: Any, input_ids: np.ndarray, max_new_tokens: int,
-              decoder_start: int | None = None) -> np.ndarray:
+              decoder_start: int | None = None,
+              suppress_tokens: list[int] | None = None) -> np.ndarray:
   """Greedy-decodes max_new_tokens with transformers' `generate` (EOS never stops it early).
 
   Args:
@@ -176,6 +186,8 @@ def hf_greedy(model: Any, input_ids: np.ndarray, max_new_tokens: int,
     input_ids: [b, t] int prompt ids (unpadded; the encoder input for T5).
     max_new_tokens: how many tokens to generate.
     decoder_start: T5's decoder start id; None uses config.decoder_start_token_id.
+    suppress_tokens: ids never generated (transformers' `suppress_tokens`), e.g. the rows of a
+      padded vocabulary that no token of the tokenizer has.
 
   Returns:
     [b, max_new_tokens] int64: only the new tokens (no prompt; for T5, no start token).
@@ -187,6 +199,8 @@ def hf_greedy(model: Any, input_ids: np.ndarray, max_new_tokens: int,
   kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
                 num_beams=1, pad_token_id=pad, eos_token_id=eos)
+  if suppress_tokens:
+    kwargs["suppress_tokens"] = list(suppress_tokens)
   if config.is_encoder_decoder:
     start = config.decoder_start_token_id if decoder_start is None else decoder_start
     # transformers 5.24 sizes the decoder's KV cache from num_layers (the encoder depth), so a
@@ -200,14 +214,16 @@ def hf_greedy(model: Any, input_ids: np.ndarray, max_new_tokens: int,
   return new
 
 
-def write_sentencepiece(path: str, style: str, *, vocab_size: int = 90) -> str:
-  """Trains and writes a small SentencePiece BPE `tokenizer.model` with HF-style special ids.
+def write_sentencepiece(path: str, style: str, *, vocab_size: int = 90,
+                        model_type: str = "bpe") -> str:
+  """Trains and writes a small SentencePiece `tokenizer.model` with HF-style special ids.
 
   Args:
     path: a folder (the file is written as path/tokenizer.model) or a path ending in ".model".
     style: "llama" (unk 0, bos 1, eos 2, no pad) or "t5" (pad 0, eos 1, unk 2, no bos).
     vocab_size: pieces; at most VOCAB_SIZE for every id to fit the fixture models (larger ones
       test the converter's refusal).
+    model_type: "bpe" or "unigram" (T5's; what transformers' T5 tokenizer reimplements).
 
   Returns:
     The path of the written model file.
@@ -220,13 +236,55 @@ def write_sentencepiece(path: str, style: str, *, vocab_size: int = 90) -> str:
   spm.set_random_generator_seed(0)
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(_training_lines()), model_writer=model, vocab_size=vocab_size,
-      model_type="bpe", character_coverage=1.0, num_threads=1, minloglevel=2,
+      model_type=model_type, character_coverage=1.0, num_threads=1, minloglevel=2,
       input_sentence_size=0, shuffle_input_sentence=False, **ids[style])
   file = path if path.endswith(".model") else os.path.join(path, "tokenizer.model")
   os.makedirs(os.path.dirname(file) or ".", exist_ok=True)
   with open(file, "wb") as f:
     f.write(model.getvalue())
   return file
+
+
+def write_t5_tokenizer(path: str, *, pieces: int = 80, extra_ids: int = 10) -> Any:
+  """Writes a hub-style T5 tokenizer into the folder path: spiece.model (a unigram model of
+  `pieces` pieces with T5's special ids) and the tokenizer.json / tokenizer_config.json that
+  transformers' T5Tokenizer saves with `extra_ids` sentinels after the pieces (<extra_id_i> =
+  pieces + extra_ids - 1 - i, as 32099 - i in a real T5; with the defaults the 96-row model
+  vocabulary keeps 6 untrained rows past them, as a real T5's 32128 keeps 28).
+
+  Returns:
+    The transformers T5Tokenizer.
+  """
+  write_sentencepiece(os.path.join(path, "spiece.model"), "t5", vocab_size=pieces,
+                      model_type="unigram")
+  tokenizer = transformers.T5Tokenizer.from_pretrained(path, extra_ids=extra_ids)
+  tokenizer.save_pretrained(path)
+  return tokenizer
+
+
+# BERT's special tokens sit at 100-103 in a real vocab.txt; here at 91-94, away from 0-3 too.
+BERT_SPECIALS = {"[PAD]": 0, "[UNK]": 91, "[CLS]": 92, "[SEP]": 93, "[MASK]": 94}
+
+
+def write_bert_tokenizer(path: str) -> Any:
+  """Writes a hub-style BERT tokenizer into the folder path: vocab.txt (VOCAB_SIZE tokens,
+  the specials at BERT_SPECIALS, lowercase words and "##" pieces elsewhere) and the
+  tokenizer.json / tokenizer_config.json transformers' BertTokenizer saves from it.
+
+  Returns:
+    The transformers BertTokenizer.
+  """
+  words = sorted({w for line in _training_lines() for w in line.split()}, key=len)
+  pieces = list("abcdefghijklmnopqrstuvwxyz") + ["##" + c for c in "aeinost"]
+  normal = iter(pieces + [w for w in words if w not in pieces])
+  by_id = {i: t for t, i in BERT_SPECIALS.items()}
+  vocab = [by_id[i] if i in by_id else next(normal) for i in range(VOCAB_SIZE)]
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "vocab.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(vocab) + "\n")
+  tokenizer = transformers.BertTokenizer.from_pretrained(path)
+  tokenizer.save_pretrained(path)
+  return tokenizer
 
 
 def _training_lines(max_bytes: int = 16_000) -> list[str]:

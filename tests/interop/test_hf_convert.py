@@ -3,6 +3,7 @@ trips, greedy generation token for token, sharded loading, and bad-input errors.
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -25,7 +26,10 @@ VARIANTS = {
     "gpt2": lambda p: fx.make_gpt2(p),
     "llama": lambda p: fx.make_llama(p),
     "llama_tied": lambda p: fx.make_llama(p, tie=True),
-    "bert": lambda p: fx.make_bert(p),
+    "bert": lambda p: fx.make_bert(p),  # Exact (erf) GELU.
+    # BERT's MLM head transform applies hidden_act too: logits differ by up to 0.26 if not.
+    "bert_relu": lambda p: fx.make_bert(p, hidden_act="relu"),
+    "bert_gelu_new": lambda p: fx.make_bert(p, hidden_act="gelu_new"),
     "t5_v1_1": lambda p: fx.make_t5(p, v1_1=True),
     "t5_v1_0": lambda p: fx.make_t5(p, v1_1=False),
 }
@@ -155,6 +159,83 @@ def test_sentencepiece_tokenizer_is_converted(tmp_path):
   assert (tok.kind, tok.pad_id, tok.eos_id, tok.bos_id) == ("sentencepiece", 0, 1, 0)
   text = loaded.generate("def f(x):", max_new_tokens=4, temperature=0.0)
   assert isinstance(text[0], str)
+
+
+def _t5_stops_at_eos(model, encoder_ids, ours, suppress) -> bool:
+  """Whether transformers' next token after `ours` (with `suppress` never chosen) is EOS."""
+  logits = fx.torch_logits(model, np.asarray([encoder_ids]), np.asarray([[0] + ours]))[0, -1]
+  logits[suppress] = -np.inf
+  return int(np.argmax(logits)) == model.config.eos_token_id
+
+
+def test_t5_span_filling_matches_transformers(tmp_path):
+  # A hub-style T5 folder: spiece.model (80 pieces) + 10 extra ids after them, model vocab 96
+  # (as 32000 + 100 in a real T5's 32128): <extra_id_i> is 89 - i, not the top row 95 - i.
+  hf_dir = tmp_path / "hf"
+  made = fx.make_t5(str(hf_dir), v1_1=True)
+  hf_tok = fx.write_t5_tokenizer(str(hf_dir), pieces=80, extra_ids=10)
+  import_hf(str(hf_dir), str(tmp_path / "w"))
+  loaded = llmjax.load(str(tmp_path / "w"))
+  names = [f"<extra_id_{i}>" for i in range(10)]
+  assert loaded.tokenizer.sentinel_ids == tuple(hf_tok.convert_tokens_to_ids(names))
+  assert loaded.tokenizer.sentinel_ids == tuple(range(89, 79, -1))
+  # Rows 90-95 have no token: llmjax never emits them, so transformers must not either.
+  untrained = list(range(90, fx.VOCAB_SIZE))
+  new = 12
+  for prompt in ["the function <extra_id_0> a value <extra_id_1> class",
+                 "<extra_id_0> import <extra_id_2> return self"]:
+    encoder_ids = hf_tok(prompt).input_ids  # Pieces, sentinels and </s>.
+    assert loaded.sampler.encode_prompts([prompt]) == [encoder_ids]
+    want = fx.hf_greedy(made["model"], np.asarray([encoder_ids]), new,
+                        suppress_tokens=untrained)[0].tolist()
+    got = loaded.generate_ids([encoder_ids], max_new_tokens=new, temperature=0.0)[0]
+    assert got and got == want[:len(got)], (prompt, got, want)
+    assert len(got) == new or _t5_stops_at_eos(made["model"], encoder_ids, got, untrained)
+    # The text names each sentinel as transformers does (llmjax's SentencePiece decode leaves
+    # out the space transformers puts after a sentinel).
+    text = loaded.generate(prompt, max_new_tokens=new, temperature=0.0)[0]
+    hf_text = hf_tok.decode(got, skip_special_tokens=False)
+    assert re.findall(r"<extra_id_\d+>", text) == re.findall(r"<extra_id_\d+>", hf_text)
+    assert text.replace(" ", "") == hf_text.replace(" ", "")
+
+
+def test_bert_special_ids_come_from_its_tokenizer_files(tmp_path):
+  # config.json names only [PAD]; [CLS], [SEP], [UNK] and [MASK] are in vocab.txt and named by
+  # tokenizer_config.json (here at 92, 93, 91, 94: neither BERT's 101-103 nor 0-3).
+  hf_dir = tmp_path / "hf"
+  fx.make_bert(str(hf_dir))
+  hf_tok = fx.write_bert_tokenizer(str(hf_dir))
+  want = (hf_tok.pad_token_id, hf_tok.cls_token_id, hf_tok.sep_token_id, hf_tok.unk_token_id,
+          hf_tok.mask_token_id)
+  assert want == (0, 92, 93, 91, 94)
+  import_hf(str(hf_dir), str(tmp_path / "w"))
+  tok = llmjax.load(str(tmp_path / "w")).tokenizer
+  assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id, tok.mask_id) == want
+  assert tok.special_ids == set(want)
+  # A folder with vocab.txt alone: BertTokenizer's default names find the same ids.
+  os.remove(hf_dir / "tokenizer.json")
+  os.remove(hf_dir / "tokenizer_config.json")
+  import_hf(str(hf_dir), str(tmp_path / "w2"))
+  tok = llmjax.load(str(tmp_path / "w2")).tokenizer
+  assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id, tok.mask_id) == want
+
+
+def test_bert_sentence_pair_logits_match_transformers(tmp_path):
+  hf_dir = tmp_path / "hf"
+  made = fx.make_bert(str(hf_dir))
+  hf_tok = fx.write_bert_tokenizer(str(hf_dir))
+  import_hf(str(hf_dir), str(tmp_path / "w"))
+  loaded = llmjax.load(str(tmp_path / "w"))
+  for first, second in [("the value of", "a class"), ("import os", "return self value")]:
+    encoded = hf_tok(first, second)  # [CLS] a [SEP] b [SEP], token types 0 then 1.
+    ids = np.asarray([encoded.input_ids])
+    types = np.asarray([encoded.token_type_ids])
+    assert types.min() == 0 and types.max() == 1
+    want = fx.torch_logits(made["model"], ids, token_type_ids=types)
+    _assert_close(loaded.logits(ids, token_type_ids=types), want)
+    _assert_close(loaded.logits(ids[0], token_type_ids=types[0]), want[0])
+    # Segment B's rows really differ from segment A's (the old, dropped-types logits).
+    assert np.abs(loaded.logits(ids) - want).max() > 1e-2 * np.abs(want).max()
 
 
 # Bad input: each error names the problem; nothing is written.

@@ -15,6 +15,7 @@ from llmjax.sharding.rules import get_rules
 SCHEMES = ("learned", "sinusoidal", "rope", "t5_relative", "alibi")
 FAMILIES = ("decoder", "encoder", "classifier", "encoder_decoder")
 V, T, B = 64, 8, 8
+KEY = jax.random.PRNGKey(0)
 
 
 def _config(family: str, position: str, **changes) -> ModelConfig:
@@ -134,8 +135,9 @@ def test_decoder_cache_decoding_matches_full_forward(position, window):
   params = lm.init(jax.random.PRNGKey(0))
   max_len = 16
   lengths, full, prompt = _decoder_prompts(max_len)
-  prefill, decoded = _decode_steps(jax.jit(lm.logits_fn), params, prompt, lengths, full,
-                                   lm.init_cache(3, max_len), 4)
+  decoder = lm.decoder(params)
+  prefill, decoded = _decode_steps(jax.jit(decoder.logits_fn), decoder.params, prompt, lengths,
+                                   full, decoder.init_cache(3, max_len), 4)
   reference = np.asarray(jax.jit(lambda p, t: lm.apply(p, t)[0])(params, full))
   _check_against_reference(prefill, decoded, reference, lengths)
 
@@ -143,14 +145,14 @@ def test_decoder_cache_decoding_matches_full_forward(position, window):
 @pytest.mark.parametrize("position,window", [("rope", 3), ("t5_relative", None),
                                              ("alibi", 4)])
 def test_batch_one_split_cache_decoding_matches_full_forward(position, window):
-  """Batch 1 through the sampler's path (decoding_params, split cache): on CPU its decode steps
-  attend to the old cache plus the new token (attention.einsum_step_attention)."""
+  """Batch 1 through the sampler's path (LanguageModel.decoder): on CPU its decode steps
+  attend to the old cache plus the new token (cpu_kernels.einsum_step_attention)."""
   lm = LanguageModel(_config("decoder", position, sliding_window=window))
   params = lm.init(jax.random.PRNGKey(0))
   lengths, full, prompt = (x[1:2] for x in _decoder_prompts(16))
-  prefill, decoded = _decode_steps(jax.jit(lm.decoding_logits_fn), lm.decoding_params(params),
-                                   prompt, lengths, full,
-                                   lm.decoding_cache(lm.init_cache(1, 16)), 6)
+  decoder = lm.decoder(params)
+  prefill, decoded = _decode_steps(jax.jit(decoder.logits_fn), decoder.params, prompt, lengths,
+                                   full, decoder.init_cache(1, 16), 6)
   reference = np.asarray(jax.jit(lambda p, t: lm.apply(p, t)[0])(params, full))
   _check_against_reference(prefill, decoded, reference, lengths)
 
@@ -167,11 +169,13 @@ def test_encoder_decoder_cache_decoding_matches_full_forward(position):
   enc = np.asarray(jax.random.randint(jax.random.PRNGKey(3), (3, 10), 4, V), np.int32)
   enc_seg = (np.arange(10)[None] < np.array([[10], [4], [7]])).astype(np.int32)
 
-  cache = jax.jit(lm.encode_for_decoding, static_argnums=3)(params, enc, enc_seg, max_len)
-  assert cache["cross_k"].shape == (3, 3, 2, 10, 4)  # [l, b, g, s, k]: batch at axis 1.
+  decoder = lm.decoder(params)
+  cache = jax.jit(decoder.encode, static_argnums=3)(decoder.params, enc, enc_seg, max_len)
+  # One [1, b, g, s, k] array per decoder layer: batch at axis 1.
+  assert [x.shape for x in cache["cross_k"]] == [(1, 3, 2, 10, 4)] * 3
   assert cache["encoder_mask"].shape == (1, 3, 10)
-  prefill, decoded = _decode_steps(jax.jit(lm.logits_fn), params, prompt, lengths, full, cache,
-                                   4)
+  prefill, decoded = _decode_steps(jax.jit(decoder.logits_fn), decoder.params, prompt, lengths,
+                                   full, cache, 4)
   batch = {"encoder_inputs": enc, "encoder_segment_ids": enc_seg, "inputs": full,
            "encoder_positions": np.broadcast_to(np.arange(10, dtype=np.int32), (3, 10))}
   reference = np.asarray(jax.jit(lambda p, b: lm.apply(p, b)[0])(params, batch))
@@ -184,15 +188,16 @@ def test_bad_inputs_fail_before_compiling():
   with pytest.raises(ValueError, match="only architecture='encoder'"):
     _config("decoder", "rope", num_classes=2)
   decoder = LanguageModel(_config("decoder", "rope"))
-  with pytest.raises(ValueError, match="encode_for_decoding needs architecture"):
-    decoder.encode_for_decoding(None, np.zeros((1, 4), np.int32), None, 8)
+  # Nothing to encode: init_cache starts decoding.
+  assert jax.eval_shape(decoder.decoder, jax.eval_shape(decoder.init, KEY)).encode is None
   with pytest.raises(ValueError, match="no encoder to cross-attend"):
     decoder.apply(None, _batch("encoder_decoder"))
   encoder = LanguageModel(_config("encoder", "learned"))
-  with pytest.raises(ValueError, match="does not decode"):
-    encoder.init_cache(1, 8)
+  with pytest.raises(ValueError, match="does not generate text"):
+    encoder.decoder(None)
+  encdec = LanguageModel(_config("encoder_decoder", "learned"))
   with pytest.raises(ValueError, match="max_seq_len=16"):
-    LanguageModel(_config("encoder_decoder", "learned")).init_cache(1, 32)
+    jax.eval_shape(encdec.decoder, jax.eval_shape(encdec.init, KEY)).init_cache(1, 32)
 
 
 # The options Hugging Face architectures need (BERT: post-norm, embedding norm, token types,
@@ -226,3 +231,34 @@ def test_hf_style_options(style):
     got = jax.jit(lambda p, b: lm.apply(p, b)[0])(sharded, jax.device_put(
         batch, partition.data_sharding(mesh)))
   np.testing.assert_allclose(np.asarray(got), logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["encoder", "classifier"])
+def test_batch_token_types_reach_the_encoder(family):
+  # The token-type embedding is added exactly as given in the batch: a "token_types" batch
+  # equals the module called with those types, and differs from the all-type-0 default.
+  options = {k: v for k, v in HF_STYLE["bert"].items() if k not in ("architecture", "position")}
+  cfg = _config(family, "learned", **options)
+  lm = LanguageModel(cfg)
+  params = lm.init(jax.random.PRNGKey(0), seq_len=T)
+  batch = _batch(family)
+  types = (np.arange(T)[None] >= 3).astype(np.int32) * np.ones((B, 1), np.int32)
+  typed = batch | {"token_types": types}
+  want = lm.module.apply({"params": params}, batch["inputs"], batch["positions"],
+                         batch["segment_ids"], token_types=types)[0]
+  np.testing.assert_allclose(lm.apply(params, typed)[0], want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(lm.apply(params, batch["inputs"], batch["positions"],
+                                      batch["segment_ids"], token_types=types)[0], want,
+                             rtol=1e-6, atol=1e-6)
+  assert not np.allclose(lm.apply(params, batch)[0], want, atol=1e-4)
+  weights = batch["weights"] if family == "classifier" else np.ones((B, T), np.float32)
+  labels = {"labels": batch["labels"]} if family == "classifier" else {
+      "targets": batch["inputs"]}
+  loss_typed, _ = lm.loss_fn(params, typed | labels | {"weights": weights}, None,
+                             deterministic=True)
+  loss_plain, _ = lm.loss_fn(params, batch | labels | {"weights": weights}, None,
+                             deterministic=True)
+  assert float(loss_typed) != float(loss_plain)
+  decoder = LanguageModel(_config("decoder", "rope"))
+  with pytest.raises(ValueError, match="no token-type embedding"):
+    decoder.apply(jax.eval_shape(decoder.init, KEY), batch["inputs"], token_types=types)

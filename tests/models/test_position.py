@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llmjax.models.attention import Attention, make_cache_mask, make_segment_mask
+from llmjax.models.attention import Attention
 from llmjax.models.config import ModelConfig
+from llmjax.models.masks import make_cache_mask, make_segment_mask
 from llmjax.models.position import (
     RelativePositionBias,
     alibi_bias,
@@ -142,3 +143,54 @@ def test_attention_with_position_bias_matches_oracle(scheme, causal, window):
     allowed &= ((i - j) < window) if causal else (np.abs(i - j) < window)
   expected = _attention_np(params, x, expected_bias, allowed, 2)
   np.testing.assert_allclose(np.asarray(y), expected, atol=2e-5, rtol=1e-4)
+
+
+def _biases_reaching_attention(config: ModelConfig, length: int) -> tuple[list[np.ndarray], dict]:
+  """(the `bias` argument of every attention call of a forward pass, the random params)."""
+  from llmjax.models.interface import LanguageModel
+
+  lm = LanguageModel(config)
+  rng = np.random.default_rng(3)
+  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.5, x.shape), x.dtype),
+                        jax.eval_shape(lm.init, jax.random.PRNGKey(0)))
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, Attention) and context.method_name == "__call__":
+      bias = args[3] if len(args) > 3 else kwargs.get("bias")
+      if bias is not None:
+        seen.append(np.asarray(bias))
+    return next_fun(*args, **kwargs)
+
+  tokens = jnp.asarray(rng.integers(0, config.vocab_size, (1, length)), jnp.int32)
+  with nn.intercept_methods(record):
+    lm.apply(params, tokens)
+  return seen, params
+
+
+@pytest.mark.parametrize("scheme", ["alibi", "t5_relative"])
+def test_position_biases_are_float32_under_mixed_precision(scheme):
+  # bf16 compute, fp32 parameters: the bias must still be the fp32 value, exactly. Distances up
+  # to 599 make ALiBi's -slope * distance reach -37 (bf16 there: steps of 0.25).
+  length = 600
+  fields = dict(vocab_size=32, num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32,
+                max_seq_len=length, position=scheme, precision="mixed_bfloat16",
+                scan_layers=False)
+  if scheme == "t5_relative":
+    fields |= dict(architecture="encoder", relative_num_buckets=32, relative_max_distance=128)
+  config = ModelConfig(**fields)
+  assert config.compute_dtype == jnp.bfloat16
+  seen, params = _biases_reaching_attention(config, length)
+  assert seen
+  pos = np.arange(length)
+  rel = pos[None, :] - pos[:, None]  # key - query, [t, s]
+  if scheme == "alibi":
+    slopes = np.asarray([2.0 ** -4, 2.0 ** -8], np.float32)  # Press et al., 2 heads.
+    want = (-slopes[:, None, None] * np.abs(rel).astype(np.float32)[None])[None]
+  else:
+    table = np.asarray(params["encoder"]["relpos_bias"]["embedding"], np.float32)
+    buckets = np.vectorize(lambda r: _t5_bucket(int(r), True, 32, 128))(rel)
+    want = np.transpose(table[buckets], (2, 0, 1))[None]
+  for bias in seen:
+    assert bias.dtype == np.float32
+    np.testing.assert_array_equal(np.broadcast_to(bias, want.shape), want)

@@ -55,15 +55,16 @@ def test_decode_matches_full_forward(changes):
   full = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (3, max_len), 1, 64), np.int32)
   prompt = np.where(np.arange(7)[None] < lengths[:, None], full[:, :7], 0)
 
-  step_fn = jax.jit(lm.logits_fn)
+  decoder = lm.decoder(params)
+  step_fn = jax.jit(decoder.logits_fn)
   pos = np.broadcast_to(np.arange(7, dtype=np.int32), (3, 7))
-  logits, cache = step_fn(params, prompt, pos, lm.init_cache(3, max_len))
+  logits, cache = step_fn(decoder.params, prompt, pos, decoder.init_cache(3, max_len))
   prefill = np.asarray(logits)
   decoded = [prefill[np.arange(3), lengths - 1]]  # [b, v] next-token logits
   for i in range(steps):
     cur = (lengths + i).astype(np.int32)[:, None]  # Each row's current length.
     tok = full[np.arange(3), lengths + i][:, None]
-    logits, cache = step_fn(params, tok, cur, cache)
+    logits, cache = step_fn(decoder.params, tok, cur, cache)
     decoded.append(np.asarray(logits)[:, 0])
 
   reference = np.asarray(jax.jit(lambda p, t: lm.logits_fn(
@@ -155,7 +156,7 @@ def test_sequence_longer_than_learned_table_fails_early():
   with pytest.raises(ValueError, match="max_seq_len=24"):
     lm.loss_fn(params, batch, None)
   with pytest.raises(ValueError, match="max_seq_len=24"):
-    lm.init_cache(1, 32)
+    jax.eval_shape(lm.decoder, params).init_cache(1, 32)
   # Rotary positions have no table: the same length is allowed.
   rope = LanguageModel(_config(position="rope"))
   jax.eval_shape(rope.loss_fn, nn.unbox(rope.abstract_init()), batch, None)
@@ -164,3 +165,26 @@ def test_sequence_longer_than_learned_table_fails_early():
 def test_dataclass_is_frozen():
   with pytest.raises(dataclasses.FrozenInstanceError):
     _config().num_layers = 3  # type: ignore[misc]
+
+
+def test_unpacked_rows_reach_attention_as_causal_structure(base_params, monkeypatch):
+  """A forward pass without segment ids (sampling, scoring) hands the stack a mask that is
+  just causal, which a CUDA GPU runs as cuDNN flash attention (is_causal, no dense mask);
+  packed training rows keep their segments and stay on XLA."""
+  from llmjax.models.attention_plan import CudnnDevice, plan_attention
+  from llmjax.models.masks import MaskSpec
+
+  seen = []
+  original = MaskSpec.self_attention.__func__
+  monkeypatch.setattr(MaskSpec, "self_attention", classmethod(
+      lambda cls, *a, **k: seen.append(original(cls, *a, **k)) or seen[-1]))
+  lm = LanguageModel(_config())
+  tokens = np.ones((2, 8), np.int32)
+  segment_ids = np.ones((2, 8), np.int32)
+  unpacked = np.asarray(lm.apply(base_params, tokens)[0])
+  packed = np.asarray(lm.apply(base_params, tokens, None, segment_ids)[0])
+  np.testing.assert_allclose(unpacked, packed, rtol=1e-6, atol=1e-6)  # Same math.
+  plans = [plan_attention(spec, requested=None, platform="gpu", dtype=np.dtype("bfloat16"),
+                          head_dim=64, cudnn=CudnnDevice((9, 0))) for spec in seen]
+  assert [(p.implementation, p.is_causal, p.dense_mask) for p in plans] == [
+      ("cudnn", True, False), ("xla", False, True)]

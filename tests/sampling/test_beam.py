@@ -9,6 +9,7 @@ import pytest
 
 from llmjax.sampling import beam, decoding
 from llmjax.sampling.strategies import Greedy
+from tests.sampling.prompts import pad_prompts
 
 V, PAD, EOS, A, B = 4, 0, 1, 2, 3
 
@@ -61,14 +62,6 @@ def brute_force(table, eos_bias, prompt, steps, alpha, n):
         seq.append(token)
       hyps.append((lp / ((5 + length) / 6) ** alpha, lp, list(gen)))
   return sorted(hyps, key=lambda h: -h[0])[:n]
-
-
-def pad_prompts(prompts, length=None):
-  length = length or max(map(len, prompts))
-  tokens = np.full((len(prompts), length), PAD, np.int32)
-  for i, p in enumerate(prompts):
-    tokens[i, :len(p)] = p
-  return tokens, np.array([len(p) for p in prompts], np.int32)
 
 
 def run_toy(table, prompts, eos_bias, *, steps, alpha, num_beams, num_return):
@@ -204,8 +197,9 @@ def lm():
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0.0, 0.3, x.shape), x.dtype), abstract)
   tokens, lengths = pad_prompts(PROMPTS)
-  free = decoding.generate(model.logits_fn, params, tokens, lengths,
-                           model.init_cache(len(PROMPTS), CACHE_LEN), jax.random.key(0),
+  dec = model.decoder(params)
+  free = decoding.generate(dec.logits_fn, dec.params, tokens, lengths,
+                           dec.init_cache(len(PROMPTS), CACHE_LEN), jax.random.key(0),
                            max_new_tokens=STEPS, return_logits=True)
   greedy, runner_up = np.asarray(free.tokens), np.argsort(np.asarray(free.logits), -1)[..., -2]
   # EOS: an id greedy emits early in some row, never the runner-up before a row's stop (where
@@ -221,16 +215,17 @@ def lm():
 def test_one_beam_equals_greedy_decode(lm):
   model, params, eos_id = lm
   tokens, lengths = pad_prompts(PROMPTS)
-  greedy = decoding.generate(model.logits_fn, params, tokens, lengths,
-                             model.init_cache(3, CACHE_LEN), jax.random.key(0),
+  dec = model.decoder(params)
+  greedy = decoding.generate(dec.logits_fn, dec.params, tokens, lengths,
+                             dec.init_cache(3, CACHE_LEN), jax.random.key(0),
                              max_new_tokens=STEPS, eos_id=eos_id, return_logits=True)
   # One beam differs from greedy only where EOS is the runner-up on the greedy path (it then
   # keeps that shorter hypothesis as a candidate): check this fixture avoids that.
   runner_up = np.argsort(np.asarray(greedy.logits), axis=-1)[..., -2]
   for i in range(3):
     assert eos_id not in runner_up[i, :int(greedy.lengths[i])].tolist()
-  out = beam.generate_beam(model.logits_fn, params, tokens, lengths,
-                           model.init_cache(3, CACHE_LEN), num_beams=1, max_new_tokens=STEPS,
+  out = beam.generate_beam(dec.logits_fn, dec.params, tokens, lengths,
+                           dec.init_cache(3, CACHE_LEN), num_beams=1, max_new_tokens=STEPS,
                            eos_id=eos_id, length_penalty=0.0)
   np.testing.assert_array_equal(out.tokens[:, 0], greedy.tokens)
   np.testing.assert_array_equal(out.lengths[:, 0], greedy.lengths)
@@ -241,8 +236,9 @@ def test_hypotheses_are_valid_and_rescore_with_full_forward(lm):
   model, params, eos_id = lm
   alpha, n = 0.6, 3
   tokens, lengths = pad_prompts(PROMPTS)
-  out = beam.generate_beam(model.logits_fn, params, tokens, lengths,
-                           model.init_cache(3, CACHE_LEN), num_beams=4, max_new_tokens=STEPS,
+  dec = model.decoder(params)
+  out = beam.generate_beam(dec.logits_fn, dec.params, tokens, lengths,
+                           dec.init_cache(3, CACHE_LEN), num_beams=4, max_new_tokens=STEPS,
                            eos_id=eos_id, length_penalty=alpha, num_return=n,
                            max_seq_len=model.config.max_seq_len)
   assert out.tokens.shape == (3, n, STEPS)

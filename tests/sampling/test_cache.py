@@ -1,8 +1,7 @@
-"""KV-cache helpers: layout, delegation, length and memory reporting."""
+"""KV-cache sizes and logical axes, read from the model's own cache (Decoder.init_cache)."""
 
 import jax
 import jax.numpy as jnp
-import pytest
 
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
@@ -13,62 +12,33 @@ CONFIG = ModelConfig(vocab_size=64, num_layers=2, num_heads=4, num_kv_heads=2, e
                      mlp_dim=64, max_seq_len=32)
 
 
-def test_init_cache_from_config_has_contract_layout():
-  cache = cache_lib.init_cache(CONFIG, 3, 16)
-  assert set(cache) == {"k", "v"}
-  for x in cache.values():
-    assert x.shape == (2, 3, 2, 16, 8)  # [l, b, g, s, k]
-    assert x.dtype == jnp.float32
-    assert not x.any()
-  assert cache_lib.cache_length(cache) == 16
+def _decoder(config=CONFIG):
+  lm = LanguageModel(config)
+  return jax.eval_shape(lm.decoder, jax.eval_shape(lm.init, jax.random.PRNGKey(0)))
 
 
-def test_init_cache_uses_compute_dtype():
-  cache = cache_lib.init_cache(CONFIG.replace(dtype="bfloat16"), 1, 4)
-  assert cache["k"].dtype == jnp.bfloat16
-
-
-def test_init_cache_delegates_to_the_model():
-  class Model:
-    config = CONFIG
-
-    def init_cache(self, batch_size, max_len):
-      return {"mine": (batch_size, max_len)}
-
-  assert cache_lib.init_cache(Model(), 2, 8) == {"mine": (2, 8)}
-
-
-def test_init_cache_rejects_bad_sizes():
-  with pytest.raises(ValueError, match="max_seq_len=32"):
-    cache_lib.init_cache(CONFIG, 1, 64)
-  with pytest.raises(ValueError, match="batch_size"):
-    cache_lib.init_cache(CONFIG, 0, 8)
+def test_abstract_cache_is_the_models_cache_unallocated():
+  decoder = _decoder()
+  abstract = cache_lib.abstract_cache(decoder, 3, 16)
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
+  real = decoder.init_cache(3, 16)
+  assert jax.tree.structure(abstract) == jax.tree.structure(real)
+  assert decoder.cache_length(real) == 16
+  assert all(x.shape[1] == 3 for x in jax.tree.leaves(real))  # Batch at axis 1.
 
 
 def test_sizes_and_description():
-  cache = cache_lib.init_cache(CONFIG, 2, 16)
-  expected = 2 * 2 * 2 * 16 * 2 * 8 * 4
-  assert cache_lib.cache_bytes(cache) == expected
-  assert cache_lib.cache_bytes(jax.eval_shape(lambda: cache)) == expected
-  assert cache_lib.cache_size_bytes(CONFIG, 2, 16) == expected
-  text = cache_lib.describe_cache(CONFIG, 2, 16)
-  assert "[2x2x2x16x8]" in text and "8.0 KiB" in text and "float32" in text
-
-
-def test_cache_length_of_other_pytrees_is_unknown():
-  assert cache_lib.cache_length({"calls": jnp.zeros(())}) is None
-  assert cache_lib.cache_length(None) is None
+  decoder = _decoder()
+  expected = 2 * 2 * 2 * 16 * 2 * 8 * 4  # k, v x 2 layers x [2, 2 kv heads, 16, 8] float32
+  assert cache_lib.cache_bytes(decoder.init_cache(2, 16)) == expected
+  assert cache_lib.cache_size_bytes(decoder, 2, 16) == expected
+  text = cache_lib.describe_cache(decoder, 2, 16)
+  assert text == "KV cache 4 x [1x2x2x16x8] float32: 8.0 KiB (256 B per token)"
+  assert "bfloat16" in cache_lib.describe_cache(_decoder(CONFIG.replace(dtype="bfloat16")), 1, 4)
 
 
 def test_cache_logical_axes():
-  spec = cache_lib.cache_logical_axes(cache_lib.init_cache(CONFIG, 1, 4))
-  assert spec["k"] == (axes.CACHE_LAYERS, axes.CACHE_BATCH, axes.CACHE_KV_HEADS,
-                       axes.CACHE_LENGTH, axes.CACHE_HEAD_DIM)
-
-
-def test_split_cache_keeps_the_layout_per_layer():
-  lm = LanguageModel(CONFIG)
-  split = lm.decoding_cache(lm.init_cache(3, 16))
-  assert len(split["k"]) == len(split["v"]) == 2  # One [1, b, g, s, k] array per layer.
-  assert all(x.shape == (1, 3, 2, 16, 8) for x in split["k"] + split["v"])
-  assert cache_lib.cache_length(split) == 16
+  spec = cache_lib.cache_logical_axes(_decoder().init_cache(1, 4))
+  assert all(names == (axes.CACHE_LAYERS, axes.CACHE_BATCH, axes.CACHE_KV_HEADS,
+                       axes.CACHE_LENGTH, axes.CACHE_HEAD_DIM) for names in spec["k"])
+  assert cache_lib.cache_logical_axes({"mask": jnp.zeros((1, 2, 3))}) == {"mask": None}

@@ -7,6 +7,7 @@ import pytest
 
 from llmjax.sampling import decoding
 from llmjax.sampling.strategies import Greedy, Temperature
+from tests.sampling.prompts import pad_prompts
 
 VOCAB = 16
 PAD = 0
@@ -46,14 +47,6 @@ def reference(prompt, n, offset=0, eos_id=None):
     if nxt == eos_id:
       break
   return out
-
-
-def pad_prompts(prompts, length=None):
-  length = length or max(map(len, prompts))
-  tokens = np.full((len(prompts), length), PAD, np.int32)
-  for i, p in enumerate(prompts):
-    tokens[i, :len(p)] = p
-  return tokens, np.array([len(p) for p in prompts], np.int32)
 
 
 PARAMS = {"offset": jnp.int32(3)}
@@ -135,10 +128,10 @@ def test_prefill_computes_no_vocabulary_logits():
   config = ModelConfig(vocab_size=96, num_layers=2, num_heads=2, embed_dim=32, mlp_dim=64,
                        max_seq_len=32)
   model = LanguageModel(config)
-  params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-  cache = jax.eval_shape(lambda: model.init_cache(3, 16))
+  decoder = jax.eval_shape(model.decoder, jax.eval_shape(model.init, jax.random.PRNGKey(0)))
+  cache = jax.eval_shape(lambda: decoder.init_cache(3, 16))
   hlo = decoding._decode_jit.lower(
-      model.logits_fn, params, jax.ShapeDtypeStruct((3, 8), jnp.int32),
+      decoder.logits_fn, decoder.params, jax.ShapeDtypeStruct((3, 8), jnp.int32),
       jax.ShapeDtypeStruct((3,), jnp.int32), cache, jax.random.key(0), max_new_tokens=4,
       strategy=GREEDY, eos_id=None, pad_id=PAD, return_logits=False).compile().as_text()
   assert "f32[3,96]" in hlo  # The per-step logits exist...
@@ -185,16 +178,11 @@ def test_decode_is_jittable_end_to_end():
   np.testing.assert_array_equal(out.tokens[2], reference(PROMPTS[2], 4, offset=3))
 
 
-def _contract_cache(batch, length):
-  """A cache in the model layout: only its length matters for validation."""
-  return {"k": jnp.zeros((1, batch, 1, length, 2)), "v": jnp.zeros((1, batch, 1, length, 2))}
-
-
 def test_rejects_prompt_plus_new_tokens_longer_than_cache():
   tokens, lengths = pad_prompts(PROMPTS)  # Longest prompt: 6 tokens.
   with pytest.raises(ValueError, match="lower max_new_tokens to 4"):
-    decoding.generate(toy_logits_fn, PARAMS, tokens, lengths, _contract_cache(4, 10),
-                      jax.random.key(0), max_new_tokens=5)
+    decoding.generate(toy_logits_fn, PARAMS, tokens, lengths, toy_cache(4, 10),
+                      jax.random.key(0), max_new_tokens=5, cache_len=10)
   with pytest.raises(ValueError, match="max_seq_len 8"):
     decoding.generate(toy_logits_fn, PARAMS, tokens, lengths, toy_cache(4, 32),
                       jax.random.key(0), max_new_tokens=5, max_seq_len=8)
@@ -252,7 +240,6 @@ def random_params(model, seed=0):
 def test_decode_matches_full_forward(variant):
   from llmjax.models.config import ModelConfig
   from llmjax.models.interface import LanguageModel
-  from llmjax.sampling.cache import init_cache
 
   config = ModelConfig(vocab_size=64, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64,
                        max_seq_len=32, **MODEL_VARIANTS[variant])
@@ -261,8 +248,11 @@ def test_decode_matches_full_forward(variant):
   prompts = [[1, 5, 9, 13, 2, 7], [1, 40], [1, 3, 3, 3, 60]]
   n, full_len = 8, 16
   tokens, lengths = pad_prompts(prompts)
-  out = decoding.generate(model.logits_fn, params, tokens, lengths, init_cache(model, 3, 16),
-                          jax.random.key(0), max_new_tokens=n, return_logits=True)
+  decoder = model.decoder(params)
+  cache = decoder.init_cache(3, 16)
+  out = decoding.generate(decoder.logits_fn, decoder.params, tokens, lengths, cache,
+                          jax.random.key(0), max_new_tokens=n, return_logits=True,
+                          cache_len=decoder.cache_length(cache), max_seq_len=decoder.max_seq_len)
 
   @jax.jit
   def full_forward(params, seqs):  # No cache; right padding cannot affect earlier positions.

@@ -1,16 +1,18 @@
 """fill_mask on a tiny random MLM encoder, checked against softmax of `LanguageModel.apply`."""
 
+import io
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sentencepiece as spm
 
-from llmjax.data.tokenizer import ByteTokenizer
+from llmjax.data.tokenizer import ByteTokenizer, IdTokenizer, SentencePieceTokenizer
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
-from llmjax.sampling.fill_mask import encode_masked, fill_mask
+from llmjax.sampling.fill_mask import candidate_ids, encode_masked, fill_mask
 from llmjax.sampling.loading import LoadedModel, load
 
 TOK = ByteTokenizer()  # 260 ids; the mask id is 260
@@ -154,3 +156,69 @@ def test_load_and_cli_fill_mask(mlm, tmp_path, capsys):
   assert lines[8] == "[MASK] 2:" and len(lines) == 14
   assert sample.main([f"--workdir={tmp_path}", "--prompt=import [MASK]"]) == 2
   assert "--mode=fill_mask" in capsys.readouterr().err
+
+
+def _sentencepiece(style: str) -> SentencePieceTokenizer:
+  """A small BPE model with a converted model's special ids: LLaMA (unk 0, bos 1, eos 2, no
+  pad) or T5 (pad 0, eos 1, unk 2, no bos; T5's decoder start 0 stands in for bos)."""
+  ids = {"llama": dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1),
+         "t5": dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1)}[style]
+  words = " ".join(sorted(dir(__builtins__))).lower()
+  proto = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter([words] * 20), model_writer=proto, vocab_size=120,
+      model_type="bpe", character_coverage=1.0, num_threads=1, minloglevel=2, **ids)
+  return SentencePieceTokenizer(proto.getvalue(), bos_id=0 if style == "t5" else None)
+
+
+@pytest.mark.parametrize("style, specials", [("llama", {0, 1, 2}), ("t5", {0, 1, 2})])
+def test_candidates_are_the_tokenizers_own_non_special_ids(style, specials):
+  tok = _sentencepiece(style)
+  assert tok.special_ids == specials  # Id 3 is an ordinary piece of these vocabularies.
+  model, params = make(vocab_size=tok.vocab_size + 1, use_bias=True)
+  # The specials, id 3 and the mask id get the highest logits (by less than float32's softmax
+  # range, so the runners-up keep comparable probabilities): id 3 must win.
+  favourites = np.asarray([0, 1, 2, 3, tok.vocab_size])
+  params = {**params, "output_bias": params["output_bias"].at[favourites].set(12.0)}
+  top = fill_mask(model, params, tok, "import os[MASK]", top_k=3)[0][0]
+  ids = encode_masked(tok, "import os[MASK]")
+  logits, _ = jax.jit(model.apply)(params, jnp.asarray([ids], jnp.int32))
+  z = np.asarray(logits[0, ids.index(tok.vocab_size)], np.float64)[:tok.vocab_size]
+  keep = np.asarray([i not in specials for i in range(tok.vocab_size)])
+  p = np.where(keep, np.exp(z - z[keep].max()), 0.0)
+  p /= p.sum()
+  order = np.argsort(-p, kind="stable")[:3]
+  assert order[0] == 3 and tok.decode([3])
+  assert [t for t, _ in top] == [tok.decode([int(i)]) for i in order]
+  np.testing.assert_allclose([q for _, q in top], p[order], rtol=1e-4)
+
+
+def test_candidates_of_a_bert_tokenizer_skip_its_specials_not_ids_1_to_3():
+  bert = IdTokenizer(30522, pad_id=0, bos_id=101, eos_id=102, unk_id=100, mask_id=103)
+  candidates = set(candidate_ids(bert).tolist())
+  assert len(candidates) == 30522 - 5
+  assert {1, 2, 3, 99, 104} <= candidates and not {0, 100, 101, 102, 103} & candidates
+
+
+class MaskingByteTokenizer(ByteTokenizer):
+  """Bytes with a [MASK] of their own (as a converted BERT has): mask 4, byte b -> b + 5."""
+
+  offset = 5
+  vocab_size = 256 + offset
+  mask_id = 4
+  special_ids = frozenset(range(offset))
+
+
+def test_fill_mask_uses_the_tokenizers_own_mask_id():
+  tok = MaskingByteTokenizer()
+  model, params = make(vocab_size=tok.vocab_size)  # No row past the tokenizer's ids.
+  assert encode_masked(tok, "a[MASK]") == [tok.bos_id, ord("a") + 5, 4, tok.eos_id]
+  top = fill_mask(model, params, tok, "import [MASK]", top_k=3)[0][0]
+  ids = encode_masked(tok, "import [MASK]")
+  logits, _ = jax.jit(model.apply)(params, jnp.asarray([ids], jnp.int32))
+  z = np.asarray(logits[0, ids.index(4)], np.float64)[tok.offset:]  # Candidates: the bytes.
+  p = np.exp(z - z.max())
+  p /= p.sum()
+  order = np.argsort(-p, kind="stable")[:3]
+  assert [t for t, _ in top] == [tok.decode([int(k) + tok.offset]) for k in order]
+  np.testing.assert_allclose([q for _, q in top], p[order], rtol=1e-4)

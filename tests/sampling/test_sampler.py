@@ -1,4 +1,5 @@
-"""Sampler: text in, text out, with a toy model and tokenizer (no llmjax.models needed)."""
+"""Sampler: text in, text out, with toy models and tokenizer (only the Decoder type of
+llmjax.models is needed: a model is anything that builds one)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from llmjax.models.config import ModelConfig
+from llmjax.models.decoder import Decoder
 from llmjax.sampling.sampler import Sampler
 
 LETTERS = "abcdefghijklm"  # ids 3..15
@@ -32,12 +34,20 @@ class ToyModel:
   """
 
   def __init__(self, offset=3, vocab_size=16, max_seq_len=32):
-    self.offset = offset
-    self.config = ModelConfig(vocab_size=vocab_size, num_layers=1, num_heads=1, embed_dim=4,
-                              mlp_dim=4, max_seq_len=max_seq_len)
+    self.offset, self.vocab_size, self.max_seq_len = offset, vocab_size, max_seq_len
 
-  def init_cache(self, batch_size, max_len):
+  def decoder(self, params):
+    return Decoder(params=params, logits_fn=self.logits_fn, init_cache=self.init_cache,
+                   cache_length=self.cache_length, vocab_size=self.vocab_size,
+                   max_seq_len=self.max_seq_len)
+
+  @staticmethod
+  def init_cache(batch_size, max_len):
     return {"seen": jnp.zeros((batch_size, max_len), jnp.int32)}
+
+  @staticmethod
+  def cache_length(cache):
+    return cache["seen"].shape[1]
 
   def logits_fn(self, params, tokens, positions, cache):
     rows = jnp.arange(tokens.shape[0])[:, None]
@@ -46,7 +56,7 @@ class ToyModel:
     visible = slots[None, None, :] <= positions[:, :, None]
     total = jnp.sum(jnp.where(visible, (seen * (slots + 2))[:, None, :], 0), axis=-1)
     nxt = (total + positions) * 5 % 13 + self.offset
-    logits = 10.0 * jax.nn.one_hot(nxt, self.config.vocab_size)
+    logits = 10.0 * jax.nn.one_hot(nxt, self.vocab_size)
     logits = logits.at[..., 16:].set(100.0)
     return logits * params["scale"], {"seen": seen}
 
@@ -159,11 +169,13 @@ V = 16  # Bigram vocabulary
 class BigramModel:
   """Logits = table[token]; cache {"seen": [1, b, s]} obeys the batch-at-axis-1 rule."""
 
-  def __init__(self):
-    self.config = ModelConfig(vocab_size=V, num_layers=1, num_heads=1, embed_dim=4, mlp_dim=4,
-                              max_seq_len=32)
+  def decoder(self, params):
+    return Decoder(params=params, logits_fn=self.logits_fn, init_cache=self.init_cache,
+                   cache_length=lambda cache: cache["seen"].shape[2], vocab_size=V,
+                   max_seq_len=32)
 
-  def init_cache(self, batch_size, max_len):
+  @staticmethod
+  def init_cache(batch_size, max_len):
     return {"seen": jnp.zeros((1, batch_size, max_len), jnp.int32)}
 
   def logits_fn(self, params, tokens, positions, cache):

@@ -15,7 +15,6 @@ from llmjax.data.tokenizer import ByteTokenizer
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
 from llmjax.sampling import beam
-from llmjax.sampling.cache import init_cache
 from llmjax.sampling.loading import LoadedModel, load
 from llmjax.sampling.sampler import Sampler
 
@@ -144,9 +143,11 @@ def test_decoder_beam_equals_generate_beam(decoder):
   tokens = np.zeros((3, 10), np.int32)
   for i, p in enumerate(ids):
     tokens[i, :len(p)] = p
-  out = beam.generate_beam(model.logits_fn, params, tokens, [len(p) for p in ids],
-                           init_cache(model, 3, 16), num_beams=3, max_new_tokens=6,
-                           eos_id=TOK.eos_id, num_return=2)
+  dec = model.decoder(params)
+  cache = dec.init_cache(3, 16)
+  out = beam.generate_beam(dec.logits_fn, dec.params, tokens, [len(p) for p in ids], cache,
+                           num_beams=3, max_new_tokens=6, eos_id=TOK.eos_id, num_return=2,
+                           cache_len=dec.cache_length(cache), max_seq_len=dec.max_seq_len)
   for i, hyps in enumerate(nbest):
     for j, (got, score) in enumerate(hyps):
       want = np.asarray(out.tokens[i, j, :out.lengths[i, j]]).tolist()
@@ -172,6 +173,30 @@ def test_sentinels_in_prompts_and_outputs(encdec):
   assert all(t < TOK.vocab_size or t >= top - 1 for row in out for t in row)
   with pytest.raises(ValueError, match="num_sentinels=13"):
     Sampler(model, params, TOK, num_sentinels=13)
+
+
+class HFSentinelTokenizer(ByteTokenizer):
+  """Bytes plus T5 sentinels of their own, laid out as HF's T5 tokenizer does: right after the
+  ids (<extra_id_i> = 260 + 8 - 1 - i), below a padded model vocabulary (272)."""
+
+  sentinel_ids = tuple(range(267, 259, -1))
+
+
+def test_a_tokenizers_own_sentinels_are_used(encdec):
+  model, params, _, _ = encdec
+  tok = HFSentinelTokenizer()
+  sampler = Sampler(model, params, tok)
+  assert sampler.num_sentinels == 8 and sampler.sentinel_id(0) == 267
+  assert sampler.encode_prompts(["a<extra_id_0>b<extra_id_7>"]) == [
+      [ord("a") + 4, 267, ord("b") + 4, 260, TOK.eos_id]]
+  assert sampler.decode_ids([267, ord("x") + 4, 266, TOK.eos_id]) == "<extra_id_0>x<extra_id_1>"
+  # The rows past them (268-271: a padded vocabulary's, untrained) are never emitted.
+  out = sampler.generate_ids([[TOK.bos_id]] * 4, encoder_ids=sampler.encode_prompts(["abc"] * 4),
+                             max_new_tokens=12, temperature=1.0, seed=2)
+  assert all(t < 268 for row in out for t in row)
+  assert Sampler(model, params, tok, num_sentinels=3).sentinel_ids.tolist() == [267, 266, 265]
+  with pytest.raises(ValueError, match="tokenizer has 8 sentinels"):
+    Sampler(model, params, tok, num_sentinels=9)
 
 
 def test_encdec_validation_before_compiling():
@@ -237,3 +262,22 @@ def test_decoder_loaded_model_and_cli_beam(decoder, tmp_path, capsys):
   assert "raise num_beams" in capsys.readouterr().err
   with pytest.raises(ValueError, match="decoder_input_ids is for encoder_decoder"):
     loaded.logits([1, 5], decoder_input_ids=[1])
+
+
+def test_logits_take_token_type_ids_for_encoders():
+  model, params = make("encoder", type_vocab_size=2, embedding_norm=True, norm_position="post")
+  loaded = LoadedModel(config=model.config, params=params, tokenizer=TOK, model=model)
+  ids = np.arange(10, 22).reshape(2, 6)
+  types = np.asarray([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+  want, _ = model.apply(params, jnp.asarray(ids), token_types=jnp.asarray(types))
+  np.testing.assert_allclose(loaded.logits(ids, token_type_ids=types), want, atol=1e-6)
+  np.testing.assert_allclose(loaded.logits(ids[1], token_type_ids=types[1]), want[1], atol=1e-6)
+  assert not np.allclose(loaded.logits(ids), want, atol=1e-3)  # Types change the logits.
+  with pytest.raises(ValueError, match="shaped like token_ids"):
+    loaded.logits(ids, token_type_ids=types[:, :3])
+  with pytest.raises(ValueError, match=r"in \[0, 2\)"):
+    loaded.logits(ids, token_type_ids=types * 2)
+  decoder, decoder_params = make("decoder")
+  plain = LoadedModel(config=decoder.config, params=decoder_params, tokenizer=TOK, model=decoder)
+  with pytest.raises(ValueError, match="for encoder models"):
+    plain.logits(ids, token_type_ids=types)

@@ -1,7 +1,11 @@
-"""The unsharded reference the sharded == unsharded tests compare against."""
+"""The sharded == unsharded tests' shared parts: the unsharded reference, the same computation
+sharded on a mesh, and the comparison of the two."""
 
 import jax
 import numpy as np
+from flax.linen import partitioning as nn_partitioning
+
+from llmjax.sharding import partition
 
 
 def packed_batch() -> dict:
@@ -24,3 +28,31 @@ def loss_and_grads(lm):
       return value, (aux, lm.apply(p, batch)[0])
     return jax.value_and_grad(loss, has_aux=True)(params)
   return fn
+
+
+def sharded_loss_and_grads(lm, params, batch, mesh, rules):
+  """`loss_and_grads` with params and batch sharded on `mesh` by `rules`.
+
+  Returns:
+    (((loss, (aux, logits)), grads), param shardings); the grads are asked for in the params'
+    shardings.
+  """
+  shardings = partition.param_shardings(lm, mesh, rules)
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+    fn = jax.jit(loss_and_grads(lm), out_shardings=((None, None), shardings))
+    out = fn(jax.device_put(params, shardings),
+             jax.device_put(batch, partition.data_sharding(mesh)))
+  return out, shardings
+
+
+def assert_matches_reference(sharded, reference, shardings) -> None:
+  """Sharded loss, accuracy, logits and grads equal the unsharded ones (float tolerance), and
+  the grads are laid out like the params."""
+  (s_loss, (s_aux, s_logits)), s_grads = sharded
+  (loss, (aux, logits)), grads = reference
+  np.testing.assert_allclose(s_loss, loss, rtol=1e-5)
+  np.testing.assert_allclose(s_aux["accuracy"], aux["accuracy"])
+  np.testing.assert_allclose(s_logits, logits, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4),
+               jax.device_get(s_grads), grads)
+  assert jax.tree.map(lambda g: g.sharding, s_grads) == shardings

@@ -14,7 +14,12 @@ from llmjax.models.interface import LanguageModel
 from llmjax.sharding import axes, partition
 from llmjax.sharding.mesh import make_mesh
 from llmjax.sharding.rules import get_rules
-from tests.sharding.sharded_reference import loss_and_grads, packed_batch
+from tests.sharding.sharded_reference import (
+    assert_matches_reference,
+    loss_and_grads,
+    packed_batch,
+    sharded_loss_and_grads,
+)
 
 # 8 heads, 2 kv heads: kv heads cannot split over a tensor axis of 4 and must stay replicated.
 CONFIG = ModelConfig(vocab_size=64, num_layers=2, num_heads=8, num_kv_heads=2, embed_dim=32,
@@ -50,20 +55,10 @@ def reference(lm):
 
 @pytest.mark.parametrize("rules_name,mesh_name", GRID)
 def test_sharded_matches_unsharded(lm, reference, rules_name, mesh_name):
-  params, batch, ((loss, (aux, logits)), grads) = reference
+  params, batch, expected = reference
   mesh, rules = make_mesh(_grid_mesh(rules_name, mesh_name)), get_rules(rules_name)
-  shardings = partition.param_shardings(lm, mesh, rules)
-  sharded_params = jax.device_put(params, shardings)
-  sharded_batch = jax.device_put(batch, partition.data_sharding(mesh))
-  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
-    fn = jax.jit(loss_and_grads(lm), out_shardings=((None, None), shardings))
-    (s_loss, (s_aux, s_logits)), s_grads = fn(sharded_params, sharded_batch)
-  np.testing.assert_allclose(s_loss, loss, rtol=1e-5)
-  np.testing.assert_allclose(s_aux["accuracy"], aux["accuracy"])
-  np.testing.assert_allclose(s_logits, logits, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4),
-               jax.device_get(s_grads), grads)
-  assert jax.tree.map(lambda g: g.sharding, s_grads) == shardings
+  sharded, shardings = sharded_loss_and_grads(lm, params, batch, mesh, rules)
+  assert_matches_reference(sharded, expected, shardings)
 
 
 GOLDEN = {  # Scanned params: [l, ...]. 2x4 mesh = fsdp 2, tensor 4.

@@ -1,4 +1,5 @@
-"""Orbax checkpoints: round trip, another mesh, partial params restore, torn saves ignored."""
+"""Orbax checkpoints: round trip, another mesh, partial params restore (llmjax/workdir.py), torn
+saves ignored."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import TOY_RULES, ToyLM, make_test_mesh
 
+from llmjax import workdir as workdir_lib
 from llmjax.training import checkpoint as ckpt_lib
 from llmjax.training.config import TrainConfig
 from llmjax.training.optimizer import make_optimizer
@@ -41,7 +43,7 @@ def test_round_trip_with_iterator_state(tmp_path, async_save):
   assert it == dict(ITER_STATE, next_index=3)
   _assert_equal(restored, state)
   assert type(restored) is type(state)
-  assert ckpt_lib.latest_step(str(tmp_path)) == 3
+  assert workdir_lib.latest_step(str(tmp_path)) == 3
   assert os.path.isdir(tmp_path / "checkpoints" / "3" / "state")
 
 
@@ -65,13 +67,13 @@ def test_restore_params_only(tmp_path):
   state, abstract = _state({"fsdp": 8}, "fsdp")
   with ckpt_lib.Checkpointer(str(tmp_path)) as ckpt:
     ckpt.save(4, state)
-  params = ckpt_lib.restore_params(str(tmp_path), abstract.params)
+  params = workdir_lib.restore_params(str(tmp_path), abstract.params)
   _assert_equal(params, state.params)
   unsharded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract.params)
-  params = ckpt_lib.restore_params(str(tmp_path / "checkpoints"), unsharded, step=4)
+  params = workdir_lib.restore_params(str(tmp_path / "checkpoints"), unsharded, step=4)
   _assert_equal(params, state.params)
   with pytest.raises(FileNotFoundError, match="no checkpoint for step 9"):
-    ckpt_lib.restore_params(str(tmp_path), abstract.params, step=9)
+    workdir_lib.restore_params(str(tmp_path), abstract.params, step=9)
 
 
 def test_partially_written_checkpoint_is_ignored(tmp_path):
@@ -82,7 +84,7 @@ def test_partially_written_checkpoint_is_ignored(tmp_path):
   torn = tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp-1234567890"
   (torn / "state").mkdir(parents=True)
   (torn / "state" / "garbage").write_text("half written")
-  assert ckpt_lib.latest_step(str(tmp_path)) == 2
+  assert workdir_lib.latest_step(str(tmp_path)) == 2
   with ckpt_lib.Checkpointer(str(tmp_path)) as ckpt:
     assert ckpt.latest_step() == 2
     restored, it = ckpt.restore(abstract)
@@ -98,4 +100,4 @@ def test_restore_without_checkpoint_raises(tmp_path):
   _, abstract = _state({"fsdp": 8}, "fsdp")
   with ckpt_lib.Checkpointer(str(tmp_path)) as ckpt, pytest.raises(FileNotFoundError):
     ckpt.restore(abstract)
-  assert ckpt_lib.latest_step(str(tmp_path / "nothing")) is None
+  assert workdir_lib.latest_step(str(tmp_path / "nothing")) is None

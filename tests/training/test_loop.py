@@ -11,12 +11,12 @@ import jax
 import numpy as np
 import pytest
 
+from llmjax import workdir as workdir_lib
 from llmjax.data.pipeline import DataConfig
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
 from llmjax.sharding.mesh import MeshConfig
-from llmjax.training import checkpoint as ckpt_lib
-from llmjax.training import loop
+from llmjax.training import loop, validation
 from llmjax.training.config import TrainConfig
 
 _TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n    y: int = 0\n"
@@ -54,12 +54,12 @@ def trained(tmp_path_factory, corpus) -> tuple[str, dict]:
 
 def _final_params(workdir: str, model: ModelConfig):
   abstract = jax.eval_shape(LanguageModel(model).init, jax.random.PRNGKey(0))
-  return jax.device_get(ckpt_lib.restore_params(workdir, abstract))
+  return jax.device_get(workdir_lib.restore_params(workdir, abstract))
 
 
 def _data_iter_state(workdir: str, step: int) -> dict:
   """The data iterator state (JSON) saved in checkpoint `step`."""
-  directory = os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), "data_iter")
+  directory = os.path.join(workdir_lib.checkpoint_dir(workdir), str(step), "data_iter")
   states = {}
   for name in sorted(os.listdir(directory)):
     if name != "commit_success.txt":  # Orbax's marker, which names the directory.
@@ -79,7 +79,7 @@ def test_train_writes_run_files_and_metrics(trained, corpus):
   assert out["step"] == 6 and np.isfinite(out["loss"]) and "eval_loss" in out
   assert open(os.path.join(workdir, "config.gin")).read() == "# operative\n"
   saved = json.load(open(os.path.join(workdir, "run_config.json")))
-  assert saved == loop.run_config(**_configs(corpus))
+  assert saved == workdir_lib.run_record(**_configs(corpus))
   assert os.path.exists(os.path.join(workdir, "tokenizer", "tokenizer.json"))
   lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
   train_lines = [x for x in lines if "loss" in x]
@@ -87,7 +87,7 @@ def test_train_writes_run_files_and_metrics(trained, corpus):
   for key in ("loss", "learning_rate", "tokens_per_sec", "mfu", "grad_norm", "accuracy"):
     assert np.isfinite(train_lines[0][key]), key
   assert [x["step"] for x in lines if "eval_loss" in x] == [3, 6]
-  assert ckpt_lib.latest_step(workdir) == 6
+  assert workdir_lib.latest_step(workdir) == 6
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
@@ -95,7 +95,7 @@ def test_extending_train_steps_resumes_bitwise(tmp_path, trained, corpus):
   full, _ = trained
   split = str(tmp_path / "split")
   loop.train(**_configs(corpus, train_steps=2), workdir=split)
-  assert ckpt_lib.latest_step(split) == 2
+  assert workdir_lib.latest_step(split) == 2
   out = loop.train(**_configs(corpus), workdir=split)
   assert out["step"] == 6
   model = _configs(corpus)["model"]
@@ -141,10 +141,10 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path, trained, corpus
   # the tiny save won the race), so the resume starts from step 2 (or 4).
   died = _run_script(script, killed, "4", "6")
   assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
-  assert ckpt_lib.latest_step(killed) in (2, 4)
+  assert workdir_lib.latest_step(killed) in (2, 4)
   resumed = _run_script(script, killed, "-1", "6")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert ckpt_lib.latest_step(killed) == 6
+  assert workdir_lib.latest_step(killed) == 6
   model = _configs(corpus)["model"]
   _assert_bitwise(_final_params(full, model), _final_params(killed, model))
   assert _data_iter_state(full, 6) == _data_iter_state(killed, 6)
@@ -185,7 +185,17 @@ def test_seq_len_and_batch_checks(tmp_path, corpus):
     loop.train(**_configs(corpus, batch_size=8, microbatches=4), workdir=str(tmp_path / "b"))
 
 
+def test_log_record_throughput_counts_non_padding_tokens():
+  steps = [{"loss": 2.0, "learning_rate": 0.1, "num_tokens": np.float32(300.0)},
+           {"loss": 4.0, "learning_rate": 0.2, "num_tokens": np.float32(500.0)}]
+  record = loop.log_record(steps, 4.0, flops_per_token=6e3, peak_flops=1e6)
+  assert record["tokens_per_sec"] == 200.0  # (300 + 500) tokens / 4 s, padding excluded.
+  assert record["mfu"] == pytest.approx(200.0 * 6e3 / (1e6 * jax.device_count()))
+  assert record["loss"] == 3.0 and record["learning_rate"] == 0.2
+  assert "num_tokens" not in record
+
+
 def test_config_diff_lists_changed_fields():
   old = {"train": {"seed": 0, "train_steps": 5}, "model": {"num_layers": 2}}
   new = {"train": {"seed": 1, "train_steps": 9}, "model": {"num_layers": 2}}
-  assert loop.config_diff(old, new) == [("train.seed", 0, 1), ("train.train_steps", 5, 9)]
+  assert validation.config_diff(old, new) == [("train.seed", 0, 1), ("train.train_steps", 5, 9)]

@@ -104,6 +104,16 @@ def test_dropout_rng_depends_on_step_only():
   assert float(m3["loss"]) != float(m1["loss"])
 
 
+def test_num_tokens_counts_the_global_batchs_non_padding_tokens():
+  # Sharded over 8 devices and split into microbatches: the count is still the whole batch's.
+  batch = toy_batch(4, batch=16)
+  lengths = np.random.default_rng(4).integers(0, 9, 16)
+  batch["segment_ids"] = (np.arange(8)[None] < lengths[:, None]).astype(np.int32)
+  cfg = TrainConfig(train_steps=2, batch_size=16, seq_len=8, warmup_steps=0, microbatches=2)
+  _, metrics = _run(cfg, [batch])
+  assert float(metrics[0]["num_tokens"]) == np.count_nonzero(batch["segment_ids"]) < 16 * 8
+
+
 def test_microbatches_equal_one_big_batch_real_model():
   from llmjax.models.config import ModelConfig
   from llmjax.models.interface import LanguageModel

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from llmjax import workdir as workdir_lib
 from llmjax.data.pipeline import DataConfig
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
 from llmjax.sharding.mesh import MeshConfig
-from llmjax.training import checkpoint as ckpt_lib
 from llmjax.training import loop, warm_start
 from llmjax.training.config import TrainConfig
 
@@ -47,7 +47,7 @@ def test_untied_head_is_new_and_everything_else_is_copied(source, tmp_path):
   untied = _MODEL.replace(tie_embeddings=False)
   fresh = LanguageModel(untied).init(jax.random.PRNGKey(1))
   merged, report = warm_start.load_matching_params(src, fresh)
-  saved = _flat(ckpt_lib.restore_params(
+  saved = _flat(workdir_lib.restore_params(
       src, jax.eval_shape(LanguageModel(_MODEL).init, jax.random.PRNGKey(0))))
   merged, fresh = _flat(merged), _flat(fresh)
   assert report.initialized == ("output_kernel",)
@@ -63,8 +63,8 @@ def test_train_with_init_from_starts_from_the_source_params(source, tmp_path):
   workdir = str(tmp_path / "fine")
   loop.train(**cfg, workdir=workdir)
   abstract = jax.eval_shape(LanguageModel(_MODEL).init, jax.random.PRNGKey(0))
-  before = _flat(ckpt_lib.restore_params(src, abstract))
-  after = _flat(ckpt_lib.restore_params(workdir, abstract))
+  before = _flat(workdir_lib.restore_params(src, abstract))
+  after = _flat(workdir_lib.restore_params(workdir, abstract))
   for path in before:  # A 1e-9 learning rate: two steps barely move the copied weights.
     np.testing.assert_allclose(after[path], before[path], atol=1e-6)
 
@@ -81,5 +81,5 @@ def test_shape_mismatch_is_refused_before_anything_is_written(source, tmp_path):
 
 def test_init_from_a_directory_that_is_no_workdir(source, tmp_path):
   corpus, _ = source
-  with pytest.raises(FileNotFoundError, match="not a training workdir"):
+  with pytest.raises(FileNotFoundError, match="TrainConfig.init_from=.* is not an llmjax workdir"):
     loop.train(**_configs(corpus, _MODEL, init_from=str(tmp_path)), workdir=str(tmp_path / "w"))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llmjax.training.losses import cross_entropy_with_z_loss, token_log_likelihood
+from llmjax.models.losses import cross_entropy_with_z_loss, token_log_likelihood
 
 
 def _oracle(logits, targets, weights, z_loss):
