@@ -1,4 +1,8 @@
-"""`llmjax train`: gin files + bindings -> configs -> `llmjax.training.loop.train`."""
+"""`llmjax train`: gin files + bindings -> configs -> `llmjax.training.loop.train`.
+
+Exit codes: 0 done (or preempted by SIGTERM/SIGINT, with a checkpoint to resume from), 2 a
+config or workdir error (nothing compiled), 3 training diverged (nothing non-finite saved).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import argparse
 import sys
 
 from llmjax.cli import gin_config
+
+EXIT_DIVERGED = 3  # A non-finite loss, gradient norm or state (TrainConfig.nan_policy).
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,10 +84,15 @@ def main(argv: list[str]) -> int:
     print(f"llmjax train: {e}", file=sys.stderr)
     return 2
   _quiet_library_logs()
+  from llmjax.training.guard import DivergenceError
   from llmjax.training.loop import train  # After config errors, which need no jax.
 
   try:
     train(**configs, workdir=args.workdir, operative_config=gin_config.operative_config())
+  except DivergenceError as e:
+    # Names the step and the quantity, and says what was kept and how to continue.
+    print(f"llmjax train: {e}", file=sys.stderr)
+    return EXIT_DIVERGED
   except (ValueError, FileExistsError, FileNotFoundError) as e:
     # Config and workdir checks (mesh vs devices, vocab, resume compatibility, a foreign
     # --workdir, a missing warm-start source) raise before anything is compiled or written;

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
+
+NAN_POLICIES = ("halt", "skip")
+_FLOAT32_MAX = 3.4028234663852886e38  # The schedule is float32: a larger rate would be inf.
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,6 +46,14 @@ class TrainConfig:
       matching params (same path and shape) at step 0, e.g. a pretrained encoder for a
       classifier; params it lacks keep their fresh initialization (training/warm_start.py).
     init_from_step: its checkpoint step; None = latest.
+    nan_policy: what a step whose loss or gradient norm is NaN/Inf does (training/guard.py).
+      'halt': training stops there with an error naming the step and the quantity, the last
+      checkpoint (always a finite one) is left as it is, and a rerun resumes from it.
+      'skip': the step's update is dropped inside the compiled step (params and optimizer
+      state unchanged; the step counter, the learning-rate schedule and the data still
+      advance), metrics.jsonl counts it in `skipped_steps`, and training halts after
+      max_consecutive_skips skipped steps in a row.
+    max_consecutive_skips: with nan_policy='skip', halt after this many skipped steps in a row.
   """
 
   train_steps: int = 1000
@@ -66,8 +78,21 @@ class TrainConfig:
   async_checkpointing: bool = True
   init_from: str | None = None
   init_from_step: int | None = None
+  nan_policy: str = "halt"
+  max_consecutive_skips: int = 10
 
   def __post_init__(self):
+    for name in ("learning_rate", "end_learning_rate_ratio", "weight_decay", "b1", "b2", "eps",
+                 "clip_norm", "z_loss"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}.")
+    if self.nan_policy not in NAN_POLICIES:
+      raise ValueError(f"TrainConfig.nan_policy={self.nan_policy!r}; choose one of "
+                       f"{NAN_POLICIES}.")
+    if self.max_consecutive_skips <= 0:
+      raise ValueError("TrainConfig.max_consecutive_skips must be positive, got "
+                       f"{self.max_consecutive_skips}.")
     for name in ("train_steps", "batch_size", "seq_len", "microbatches", "log_every",
                  "checkpoint_every", "keep_checkpoints"):
       if getattr(self, name) <= 0:
@@ -78,6 +103,10 @@ class TrainConfig:
         raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}.")
     if self.learning_rate <= 0:
       raise ValueError(f"TrainConfig.learning_rate must be positive, got {self.learning_rate}.")
+    if self.learning_rate > _FLOAT32_MAX:
+      raise ValueError(f"TrainConfig.learning_rate={self.learning_rate} is infinite in float32 "
+                       "(the schedule's dtype): use a learning rate below 3.4e38 (typically "
+                       "1e-4 to 1e-2).")
     if not 0.0 <= self.end_learning_rate_ratio <= 1.0:
       raise ValueError("TrainConfig.end_learning_rate_ratio must be in [0, 1], got "
                        f"{self.end_learning_rate_ratio}.")

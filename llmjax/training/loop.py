@@ -13,7 +13,10 @@ Everything a resumed run needs (params, optimizer state, rng, step, the data ite
 position) comes from the checkpoint and nothing in the math depends on wall-clock time or on
 whether the run was resumed, so a run killed at any point (even kill -9) and restarted ends
 with bitwise the same parameters as one that was never interrupted. The checks of steps 1-2
-are training/validation.py; the workdir's files are llmjax/workdir.py.
+are training/validation.py; the workdir's files are llmjax/workdir.py. The loop is guarded
+(training/guard.py): SIGTERM/SIGINT stop it after the current step with a checkpoint, and a
+non-finite loss, gradient norm or state halts it (or is skipped, TrainConfig.nan_policy)
+before anything non-finite is logged or saved.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from llmjax import workdir as workdir_lib
@@ -46,6 +49,7 @@ from llmjax.sharding import report as sharding_report
 from llmjax.sharding import rules as rules_lib
 from llmjax.sharding.mesh import MeshConfig
 from llmjax.training import checkpoint as ckpt_lib
+from llmjax.training import guard as guard_lib
 from llmjax.training import host_data, validation, warm_start
 from llmjax.training import metrics as metrics_lib
 from llmjax.training import state as state_lib
@@ -83,6 +87,7 @@ class Run:
     peak_flops: one device's peak FLOP/s, for MFU.
     checkpointer: saves the state and the data iterator's position.
     writer: metrics.jsonl + TensorBoard.
+    state_is_finite: the compiled `state -> bool scalar` checked before every save.
   """
 
   workdir: str
@@ -106,6 +111,7 @@ class Run:
   peak_flops: float
   checkpointer: ckpt_lib.Checkpointer
   writer: metrics_lib.MetricsWriter
+  state_is_finite: Callable[[TrainState], jax.Array]
 
 
 def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: MeshConfig,
@@ -127,6 +133,11 @@ def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: Mes
     ValueError: incompatible configs, or a workdir made by an incompatible config.
     FileExistsError: `workdir` holds files that are not an llmjax workdir's.
     FileNotFoundError: a warm start's source is missing (TrainConfig.init_from).
+    DivergenceError: a non-finite loss, gradient norm or state (TrainConfig.nan_policy); the
+      last checkpoint is left untouched.
+
+  A SIGTERM or SIGINT during the steps stops the run after the current step with a checkpoint
+  (saved synchronously); the result then has `preempted: True`.
   """
   workdir = os.path.abspath(os.fspath(workdir))
   record = workdir_lib.run_record(model=model, data=data, train=train, mesh=mesh)
@@ -223,7 +234,9 @@ def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: Mes
         first_batch=first, train_step=train_step, eval_step=eval_step,
         eval_batches=eval_batches, tokens_per_step=_tokens_per_step(abstract_batch),
         flops_per_token=float(lm.flops_per_token(train.seq_len, decoder_len)),
-        peak_flops=metrics_lib.device_peak_flops(), checkpointer=ckpt, writer=writer)
+        peak_flops=metrics_lib.device_peak_flops(), checkpointer=ckpt, writer=writer,
+        state_is_finite=jax.jit(guard_lib.tree_is_finite,
+                                out_shardings=NamedSharding(device_mesh, PartitionSpec())))
 
     # 6. The loop.
     return _run_loop(run, state, start)
@@ -299,10 +312,16 @@ def log_record(step_metrics: list[Metrics], seconds: float, *, flops_per_token: 
 
   Returns:
     The metrics averaged over the steps (the learning rate: the current one), and
-    tokens_per_sec / mfu from the steps' non-padding tokens (num_tokens).
+    tokens_per_sec / mfu from the steps' non-padding tokens (num_tokens). With
+    nan_policy='skip', `skipped_steps` counts the steps dropped since the last log, and the
+    averages leave them out (they are NaN, written as null, only if every step was skipped).
   """
-  record = {k: float(np.mean([m[k] for m in step_metrics]))
-            for k in step_metrics[-1] if k != "num_tokens"}
+  skipped = sum(float(m.get("skipped", 0.0)) for m in step_metrics)
+  kept = [m for m in step_metrics if not float(m.get("skipped", 0.0))] or step_metrics
+  record = {k: float(np.mean([m[k] for m in kept]))
+            for k in step_metrics[-1] if k not in ("num_tokens", "skipped")}
+  if "skipped" in step_metrics[-1]:
+    record["skipped_steps"] = skipped
   record["learning_rate"] = float(step_metrics[-1]["learning_rate"])
   tokens = sum(float(m["num_tokens"]) for m in step_metrics)
   record["tokens_per_sec"] = tokens / seconds
@@ -312,7 +331,35 @@ def log_record(step_metrics: list[Metrics], seconds: float, *, flops_per_token: 
 
 
 def _run_loop(run: Run, state: TrainState, start: int) -> dict[str, Any]:
-  """Steps `start` .. train_steps: log, evaluate and checkpoint on their schedules."""
+  """Steps `start` .. train_steps: log, evaluate and checkpoint on their schedules.
+
+  Guarded: a non-finite step halts (or is counted as skipped) per TrainConfig.nan_policy, no
+  checkpoint holding NaN/Inf is written, and SIGTERM/SIGINT stop after the current step with a
+  synchronous checkpoint.
+  """
+  train = run.train
+  guard = guard_lib.DivergenceGuard(train.nan_policy, train.max_consecutive_skips)
+  try:
+    with guard_lib.StopSignals() as signals:
+      return _guarded_loop(run, state, start, guard, signals)
+  except guard_lib.DivergenceError as e:
+    run.checkpointer.wait_until_finished()  # Saves already started are of finite states.
+    hint = guard_lib.resume_hint(run.checkpointer.latest_step(), train.nan_policy)
+    raise guard_lib.DivergenceError(f"{e} {hint}") from None
+
+
+def _save(run: Run, state: TrainState, done: int, guard: guard_lib.DivergenceGuard) -> None:
+  """Checkpoint `done`, once every step's metrics and the state itself are known finite."""
+  guard.check()
+  if not bool(jax.device_get(run.state_is_finite(state))):
+    raise guard_lib.DivergenceError(
+        f"training diverged at step {done}: the parameters or optimizer state hold NaN/Inf "
+        "(the loss and gradient norm were finite, so the update itself overflowed).")
+  run.checkpointer.save(done, state, host_data.global_iterator_state(run.train_iter.get_state()))
+
+
+def _guarded_loop(run: Run, state: TrainState, start: int, guard: guard_lib.DivergenceGuard,
+                  signals: guard_lib.StopSignals) -> dict[str, Any]:
   train, writer = run.train, run.writer
   bar = tqdm(total=train.train_steps, initial=start, desc="train", unit="step",
              disable=jax.process_index() != 0, dynamic_ncols=True)
@@ -329,7 +376,16 @@ def _run_loop(run: Run, state: TrainState, start: int) -> dict[str, Any]:
     pending.append(metrics)
     done = step + 1
     last = done == train.train_steps
-    if done % train.log_every == 0 or last:
+    guard.add(done, metrics)
+    stop = signals.requested()  # The same answer on every process.
+    log_due = done % train.log_every == 0 or last or stop
+    eval_due = run.eval_step is not None and (
+        (train.eval_every and done % train.eval_every == 0) or last)
+    save_due = done % train.checkpoint_every == 0 or last or stop
+    # Checks the steps before this one, which is still in flight (so the device stays busy);
+    # before a log, eval or save, this one too, so nothing non-finite is logged or saved.
+    guard.check(in_flight=0 if (log_due or eval_due or save_due) else 1)
+    if log_due:
       fetched = jax.device_get(pending)
       now = time.perf_counter()
       elapsed = max(now - last_log_time - paused, 1e-9)
@@ -343,18 +399,24 @@ def _run_loop(run: Run, state: TrainState, start: int) -> dict[str, Any]:
       # asynchronously, so counting dispatches would show a burst and then a stall.
       bar.update(done - bar.n)
       bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
-    if run.eval_step is not None and (
-        (train.eval_every and done % train.eval_every == 0) or last):
+    if eval_due and (last or not stop):  # A preempted run leaves quickly.
       jax.block_until_ready(metrics)  # So the pause below holds no training compute.
       pause_start = time.perf_counter()
       final.update(writer.write(done, _evaluate(run.eval_step, state.params, run.eval_batches)))
       paused += time.perf_counter() - pause_start  # Kept out of tokens/s.
-    if done % train.checkpoint_every == 0 or last:
+    if save_due:
       jax.block_until_ready(metrics)
       pause_start = time.perf_counter()
-      run.checkpointer.save(done, state,
-                            host_data.global_iterator_state(run.train_iter.get_state()))
+      _save(run, state, done, guard)
       paused += time.perf_counter() - pause_start
+    if stop and not last:
+      run.checkpointer.wait_until_finished()  # On disk before this process exits.
+      bar.close()
+      if jax.process_index() == 0:
+        print(f"llmjax: preempted at step {done}; checkpoint saved; rerun the same command to "
+              "resume", file=sys.stderr)
+      final.update(step=done, preempted=True)
+      return final
   bar.close()
   final["step"] = int(jax.device_get(state.step))
   return final

@@ -1,7 +1,8 @@
 """Training metrics: JSONL + TensorBoard writing, and FLOPs / MFU accounting.
 
 `MetricsWriter` appends one JSON object per line to DIR/metrics.jsonl and mirrors the numbers
-to TensorBoard event files in DIR/tensorboard; only process 0 writes. MFU is
+to TensorBoard event files in DIR/tensorboard; only process 0 writes. The lines are strict
+JSON: a NaN or infinite value is written as null (and left out of TensorBoard). MFU is
 `tokens_per_sec * flops_per_token / (peak_flops_per_device * num_devices)`, with the peak
 looked up by `device_kind` on accelerators and measured (a timed fp32 matmul) on CPU; both
 count only the tokens of documents, never padding (`count_tokens`).
@@ -78,7 +79,7 @@ class MetricsWriter:
       record[key] = _to_python(value)
     if not self.enabled:
       return record
-    self._file.write(json.dumps(record, allow_nan=True) + "\n")
+    self._file.write(json.dumps(record, allow_nan=False) + "\n")
     self._file.flush()
     if self._tb is not None:
       for key, value in record.items():
@@ -113,8 +114,10 @@ def _to_python(value: Any) -> Any:
   if isinstance(value, jax.Array | np.ndarray | np.generic):
     value = np.asarray(value)
     value = value.item() if value.size == 1 else value.tolist()
+  if isinstance(value, list):
+    return [_to_python(v) for v in value]
   if isinstance(value, float) and not math.isfinite(value):
-    return value  # json writes NaN/Infinity, readable by Python's json.
+    return None  # Bare NaN/Infinity is not JSON: strict parsers reject the whole file.
   return value
 
 

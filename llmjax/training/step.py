@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from llmjax.sharding import axes
 from llmjax.sharding.partition import constrain
 from llmjax.sharding.rules import Rules
+from llmjax.training import guard
 from llmjax.training import metrics as metrics_lib
 from llmjax.training.config import TrainConfig
 from llmjax.training.state import TrainState
@@ -114,7 +115,9 @@ def make_train_step(model: Trainable, optimizer: optax.GradientTransformation, c
 
   Metrics: the loss_fn's loss, z_loss, accuracy and weight_sum, grad_norm, learning_rate (with
   a schedule) and num_tokens, the batch's non-padding tokens (`metrics.count_tokens`: what
-  tokens_per_sec and MFU count).
+  tokens_per_sec and MFU count); with `cfg.nan_policy == 'skip'` also `skipped` (1.0 when the
+  loss, the gradient norm or the updated state was non-finite and the update was dropped).
+  With 'halt' (the default) the step is unchanged: the loop reads loss and grad_norm.
   """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -124,6 +127,14 @@ def make_train_step(model: Trainable, optimizer: optax.GradientTransformation, c
     metrics["num_tokens"] = metrics_lib.count_tokens(batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if cfg.nan_policy == "skip":
+      # Drop a non-finite update here, on device: the state stays as it was, the step counter
+      # (and with it the schedule, the dropout key and the data) still advances.
+      ok = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            & guard.tree_is_finite((params, opt_state)))
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                       (params, opt_state), (state.params, state.opt_state))
+      metrics["skipped"] = jnp.logical_not(ok).astype(jnp.float32)
     if schedule is not None:
       metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

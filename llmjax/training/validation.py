@@ -28,6 +28,8 @@ from llmjax.training.config import TrainConfig
 RESUMABLE_CHANGES = frozenset({
     "train.train_steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpointing",
+    # The divergence guard's policy: switching to 'skip' is how a halted run gets past a bad step.
+    "train.nan_policy", "train.max_consecutive_skips",
     "train.microbatches",  # Same math up to float reassociation; a memory knob.
     # Same math, different memory use or kernels:
     "model.remat_policy", "model.attention_impl", "model.scan_unroll",
