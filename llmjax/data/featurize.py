@@ -112,7 +112,7 @@ class Featurizer:
       raise ValueError("span_corruption places its sentinels at the top of the MODEL vocab: "
                        "pass model_vocab_size=ModelConfig.vocab_size to make_train_iterator / "
                        "make_eval_batches.")
-    return model_vocab_size - 1 - np.arange(self.cfg.extra_ids, dtype=np.int32)
+    return tokenizer_lib.trained_here_sentinel_ids(model_vocab_size, self.cfg.extra_ids)
 
   def example(self, index: int, record: Any) -> Any:
     """The example (or list of examples, for span corruption) of the record at index."""

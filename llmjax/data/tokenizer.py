@@ -317,6 +317,13 @@ def sentinel_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
   return tuple(getattr(tokenizer, "sentinel_ids", ()))
 
 
+def trained_here_sentinel_ids(model_vocab_size: int, count: int) -> np.ndarray:
+  """Sentinel i's id for a tokenizer without its own sentinels (models trained here, T5's
+  layout): model_vocab_size - 1 - i, for i < count. The span-corruption data and the sampler
+  both follow this one convention."""
+  return model_vocab_size - 1 - np.arange(count, dtype=np.int32)
+
+
 def _check_sentinels(ids: Sequence[int]) -> tuple[int, ...]:
   """Sentinel ids as a tuple of ints, checked to be distinct and non-negative."""
   ids = tuple(operator.index(i) for i in ids)

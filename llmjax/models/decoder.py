@@ -91,9 +91,8 @@ def unstack_layers(tree: Params) -> Params:
 
   The unrolled layout of a scanned model's params: a decode loop that reads stacked weights
   slices (copies) every layer's weights out of them at every step (XLA does not hoist the
-  slices out of the while loop; 36% of a CPU decode step of the GPT-baby shape,
-  benchmarks/NOTES.md). Inside the same jit as the loop it costs one copy of the weights per
-  call.
+  slices out of the while loop; benchmarks/NOTES.md measures the cost). Inside the same jit as
+  the loop it costs one copy of the weights per call.
   """
   if not isinstance(tree, Mapping):
     return tree

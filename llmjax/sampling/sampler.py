@@ -112,7 +112,7 @@ class Sampler:
     if not 0 <= num_sentinels <= extra:
       raise ValueError(f"num_sentinels={num_sentinels} must be in [0, {extra}] (model vocab "
                        f"{self.vocab_size} - tokenizer vocab {self.tokenizer.vocab_size}).")
-    return self.vocab_size - 1 - np.arange(num_sentinels, dtype=np.int32)
+    return tokenizer_lib.trained_here_sentinel_ids(self.vocab_size, num_sentinels)
 
   # Compiled programs. Each builds its Decoder from the params it is given, so the decode
   # layout of the weights (e.g. unstacked layers) is made inside the program, once per call.
