@@ -133,6 +133,22 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
       time.sleep(0.5)
 
 
+def check_host_resolves(address: str) -> None:
+  """Raises ConnectionError if the coordinator's host name does not resolve.
+
+  JAX itself would retry until --distributed_timeout and then abort the process (a C++ fatal
+  error with a stack trace, no Python exception).
+  """
+  host, _ = _split_address(address)
+  try:
+    socket.getaddrinfo(host, None)
+  except OSError as e:
+    raise ConnectionError(
+        f"--coordinator_address={address}: the host {host!r} does not resolve ({e}): give "
+        "process 0's host name or IP address, one every process can resolve (127.0.0.1 for "
+        "processes on one machine).") from None
+
+
 def check_port_free(address: str) -> None:
   """Raises ConnectionError if process 0 cannot listen on the coordinator's port."""
   _, port = _split_address(address)
@@ -152,7 +168,8 @@ def initialize(config: DistributedConfig) -> bool:
 
   Raises:
     ValueError: inconsistent settings.
-    ConnectionError: the coordinator could not be reached (or its port is taken).
+    ConnectionError: the coordinator could not be reached (or its host does not resolve, or
+      its port is taken).
   """
   import jax
 
@@ -169,6 +186,7 @@ def initialize(config: DistributedConfig) -> bool:
     kwargs.update(coordinator_address=config.coordinator_address,
                   num_processes=config.num_processes, process_id=config.process_id)
     if config.process_id == 0:
+      check_host_resolves(config.coordinator_address)
       check_port_free(config.coordinator_address)
       print(f"llmjax: process 0 of {config.num_processes}: coordinator on "
             f"{config.coordinator_address}; waiting up to {config.timeout_s} s for the others "

@@ -1,9 +1,10 @@
 """The package order of DESIGN.md, checked on every module's imports (ast, nothing imported).
 
-data, sharding -> models -> workdir.py -> training, sampling -> evaluation, interop, planning,
-sweeps -> the curated API (llmjax/__init__.py) -> cli. A module may import its own package and
-packages of a lower rank only; packages of one rank do not import each other. Function-local
-imports count too: a lazy import is still a dependency. Only cli imports gin.
+config_checks.py -> data, sharding -> models -> workdir.py -> training, sampling -> evaluation,
+interop, planning, sweeps -> the curated API (llmjax/__init__.py) -> cli. A module may import
+its own package and packages of a lower rank only; packages of one rank do not import each
+other. Function-local imports count too: a lazy import is still a dependency. Only cli imports
+gin.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "llmjax"
 
 RANKS = {
+    "config_checks": -1,  # Field type checks every config class uses; imports no llmjax.
     "data": 0, "sharding": 0, "distributed": 0,
     "models": 1,
     "workdir": 2,

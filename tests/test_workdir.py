@@ -104,7 +104,8 @@ def _bad(path, kind: str) -> None:
 
 BAD = [("missing", FileNotFoundError, "no such directory"),
        ("no run_config", FileNotFoundError, "run_config.json not found"),
-       ("not json", ValueError, "run_config.json is not JSON"),
+       ("not json", ValueError, r"run_config.json is not valid JSON \(.* at line 1 column 2\); "
+        "nothing was changed: repair the file"),
        ("no model", ValueError, r"has no 'model' entry; keys: \['train'\]"),
        ("another version", ValueError, r"model fields \['future_field'\].*another llmjax "
         "version")]
@@ -117,6 +118,9 @@ def test_each_bad_directory_error(tmp_path, kind, error, reason):
   with pytest.raises(error, match=reason) as info:
     workdir_lib.read_run_config(str(path), flag="--workdir")
   message = str(info.value)
+  if kind == "not json":  # A damaged workdir file, not a foreign directory: how to repair it.
+    assert message.startswith(f"--workdir={path}: {path}/run_config.json is not valid JSON")
+    return
   assert message.startswith(f"--workdir={path} is not an llmjax workdir (")
   if kind != "another version":  # That one says which version to use instead.
     assert "`llmjax train" in message and "llmjax convert --from_hf" in message

@@ -12,6 +12,8 @@ _USAGE = """usage: llmjax <command> [flags]
 commands:
   train       train (or resume) a model:  llmjax train --gin_file=F --workdir=DIR [--gin.NAME=VALUE]
   sample      print completions:          llmjax sample --workdir=DIR --prompt=TEXT
+  eval        score on a local task:      llmjax eval --workdir=DIR --task=KIND --data=PATH
+                                          (perplexity|multiple_choice|generation|classification)
   plan        will it fit? (no hardware): llmjax plan --gin_file=F --mesh=fsdp:8 --device=h100
   shardings   every parameter's layout:   llmjax shardings --gin_file=F --mesh=fsdp:4,tensor:2
   tokenizer   tokenizer tools:            llmjax tokenizer train --text_files=GLOB --output=DIR
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_USAGE)
     return 0
   command, rest = argv[0], argv[1:]
-  if command in ("train", "sample"):
+  if command in ("train", "sample", "eval"):
     enable_compilation_cache()
   # Imported lazily so `llmjax --help` and typos answer without importing jax.
   if command == "train":
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
   if command == "sample":
     from llmjax.cli import sample
     return sample.main(rest)
+  if command == "eval":
+    from llmjax.cli import eval as eval_cli
+    return eval_cli.main(rest)
   if command == "plan":
     from llmjax.cli import plan
     return plan.main(rest)

@@ -49,7 +49,8 @@ def main(argv: list[str]) -> int:
         from llmjax.sharding.mesh import make_mesh, parse_mesh_flag
         mesh = make_mesh(parse_mesh_flag(args.mesh))
       report = convert.import_hf(args.from_hf, args.workdir, mesh=mesh, rules=args.rules)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+          PermissionError) as e:
     print(f"llmjax convert: {e}", file=sys.stderr)
     return 2
   print(f"llmjax convert: {report.summary()}")

@@ -53,15 +53,23 @@ def _csv(text: str | None, cast=str) -> list | None:
 
 def _check_flags(args: argparse.Namespace) -> tuple[dict[str, int], list | None]:
   """Everything that needs no JAX backend: raises ValueError with a one-line message."""
+  from llmjax.cli.fake_devices import check_fake_device_count
   from llmjax.planning import devices as devices_lib
   from llmjax.sharding import mesh as mesh_lib
   from llmjax.sharding import rules as rules_lib
 
-  shape = mesh_lib.parse_mesh_flag(args.mesh)
+  try:
+    shape = mesh_lib.parse_mesh_flag(args.mesh)
+  except ValueError as e:  # Say which flag, e.g. "Mesh axis sizes must be positive".
+    raise ValueError(str(e) if "--mesh" in str(e) else f"--mesh={args.mesh}: {e}") from None
   if any(size == -1 for size in shape.values()):
     raise ValueError(f"--mesh={args.mesh}: give every axis size (no -1); the plan is for "
                      "exactly that many devices.")
-  devices_lib.check_device_name(args.device)
+  # Before any device is built: a million fake devices would take minutes and 12 GB.
+  check_fake_device_count(math.prod(shape.values()), f"--mesh={args.mesh}")
+  args.device = args.device.strip().lower()  # --device=H100 is h100.
+  devices_lib.check_device_args(args.device, memory_gb=args.device_memory_gb,
+                                memory_fraction=args.memory_fraction)
   for name in [args.rules] + (_csv(args.search_rules) or []):
     if name is not None:
       rules_lib.get_rules(name)
@@ -133,6 +141,8 @@ def main(argv: list[str]) -> int:
     rest, bindings = gin_config.split_gin_flags(argv)
     args = _parser().parse_args(rest)
     shape, counts = _check_flags(args)
+  except SystemExit as e:  # argparse: --help (0) or a bad flag (2, its message printed).
+    return int(e.code or 0)
   except (gin_config.GinConfigError, ValueError) as e:
     print(f"llmjax plan: {e}", file=sys.stderr)
     return 2

@@ -36,8 +36,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+  import absl.logging
+  import tensorflow_datasets as tfds
+
   from llmjax.data import pipeline
   from llmjax.data import tokenizer as tokenizer_lib
+
+  # As in `llmjax train`: TFDS's progress bars and notices say nothing a user acts on.
+  absl.logging.set_verbosity(absl.logging.ERROR)
+  tfds.disable_progress_bar()
 
   config_path = os.path.join(args.output, tokenizer_lib.CONFIG_FILE)
   if os.path.exists(config_path) and not args.overwrite:
@@ -68,6 +75,6 @@ def main(argv: list[str]) -> int:
   args = _parser().parse_args(argv)
   try:
     return _train(args)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:  # Bad data, a missing file, an unwritable --output.
     print(f"llmjax tokenizer: {e}", file=sys.stderr)
     return 2

@@ -53,6 +53,25 @@ def _rows(path: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
         yield reader.line_num, "\x1f".join(str(v) for v in row.values()), row
 
 
+def _checked_rows(path: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+  """_rows, with invalid UTF-8 reported by file (the decoder's own message names neither)."""
+  try:
+    yield from _rows(path)
+  except UnicodeDecodeError as e:
+    with open(path, "rb") as f:  # The first line that does not decode.
+      number = next((n for n, raw in enumerate(f, start=1) if not _decodes(raw)), 0)
+    raise ValueError(f"{path}:{number}: not UTF-8 text ({e.reason}); save the file as "
+                     "UTF-8.") from e
+
+
+def _decodes(raw: bytes) -> bool:
+  try:
+    raw.decode("utf-8")
+    return True
+  except UnicodeDecodeError:
+    return False
+
+
 def _text(path: str, number: int, row: dict[str, Any], field: str, setting: str) -> str:
   value = row.get(field)
   if value is None:
@@ -111,7 +130,7 @@ def read_examples(path: str, objective: str, *, text_field: str = "text",
     raise ValueError(f"classification needs num_classes >= 2, got {num_classes}; set "
                      "DataConfig.num_classes.")
   examples, keys = [], []
-  for number, line, row in _rows(path):
+  for number, line, row in _checked_rows(path):
     if objective == "classification":
       example = {"text": _text(path, number, row, text_field, "text_field"),
                  "label": _label(path, number, row, label_field, num_classes)}

@@ -11,6 +11,8 @@ and delegates everything that depends on DataConfig.objective to `Featurizer`:
   fits), truncated to seq_len; with a second text (DataConfig.text_pair_field, sentence-pair
   tasks such as NLI or paraphrase) [bos] a [eos] b [eos], BERT's [CLS] a [SEP] b [SEP], with
   token_types 0 on [bos] a [eos] and 1 on b [eos], the longer text cut first to fit.
+Classification and seq2seq examples that do not fit are counted by `count_truncated` (the
+pipeline warns once, or refuses them with DataConfig.truncate_long_examples=False).
 Random objectives draw from np.random.default_rng([seed, index]) where index is the record's
 position in the (repeated, shuffled) stream: every example is a pure function of the seed and
 its index, so restoring the iterator's state reproduces it exactly, and each epoch masks the
@@ -168,6 +170,37 @@ class Featurizer:
     doc = [bos, *a, eos, *b, eos][:self.seq_len]
     types = ([0] * (len(a) + 2) + [1] * (len(b) + 1))[:self.seq_len]
     return doc, types
+
+  def count_truncated(self, records: Any) -> dict[str, int]:
+    """How many records the objective truncates to fit the row (classification / seq2seq).
+
+    Returns {"examples", "truncated", and per side "inputs" / "targets" (seq2seq) or "texts"
+    (classification): how many are too long, "longest_*": the longest in tokens (with the
+    specials the row adds)}; all zero counts for the text objectives, which never truncate.
+    """
+    counts = {"examples": len(records), "truncated": 0}
+    if self.objective not in FILE_OBJECTIVES:
+      return counts
+    tok, fields = self.tok, (("input", "target") if self.objective == "seq2seq" else ("text",))
+    if self.pairs:
+      fields = ("text", "text_pair")
+    texts = [[document_text(records[i], f) for i in range(len(records))] for f in fields]
+    encode = getattr(tok, "encode_batch", None) or (lambda ts: [tok.encode(t) for t in ts])
+    lengths = [np.fromiter(map(len, encode(t)), np.int64, len(t)) for t in texts]
+    if self.objective == "seq2seq":  # Each side gets an EOS.
+      sides = {"inputs": (lengths[0] + 1, self.seq_len),
+               "targets": (lengths[1] + 1, self.decoder_len)}
+    elif self.pairs:  # [bos] a [eos] b [eos]
+      sides = {"texts": (lengths[0] + lengths[1] + 3, self.seq_len)}
+    else:  # [bos] text; the EOS is added only where it fits, so it is never cut.
+      sides = {"texts": (lengths[0] + 1, self.seq_len)}
+    too_long = np.zeros(len(records), bool)
+    for name, (length, limit) in sides.items():
+      counts[name] = int(np.sum(length > limit))
+      counts[f"longest_{name}"] = int(length.max(initial=0))
+      too_long |= length > limit
+    counts["truncated"] = int(too_long.sum())
+    return counts
 
   def rows(self, examples: grain.IterDataset) -> grain.IterDataset:
     """The row stage: packing for every objective but classification (already rows)."""

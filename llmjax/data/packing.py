@@ -67,8 +67,8 @@ class _PackIterator(grain.DatasetIterator):
       state = self._parent.get_state()
       try:
         doc = next(self._parent)
-      except StopIteration:
-        self._exhausted, self._doc, self._offset = True, None, 0
+      except StopIteration:  # Keep the end state so a restored iterator stays at the end.
+        self._exhausted, self._doc, self._doc_state, self._offset = True, None, state, 0
         return False
       if len(doc["inputs"]):
         self._doc, self._doc_state, self._offset = doc, state, 0

@@ -9,6 +9,8 @@ sides. The decoder input is the target shifted right inside its example, startin
 
 An example longer than an empty row (only possible for seq2seq files; span corruption chunks
 are cut to fit) is truncated to te / td tokens: the truncated target then ends without EOS.
+The pipeline counts such examples up front and warns once, or refuses them
+(pipeline.check_truncation, DataConfig.truncate_long_examples).
 
 Parent elements are one example (a dict) or a list of examples (span corruption turns one
 document into several chunks). The iterator's state is the parent's state just before the

@@ -17,28 +17,37 @@ returns an infinite Grain iterator of numpy batches in the objective's batch for
 
 A global training batch is assembled from `DataConfig.shards` independent streams of the
 records (sharded_iterator.py); each process builds only the streams that cover its rows, so
-with one stream per process each host reads and tokenizes only its share of the data, and a
-fixed number of streams gives the same batch sequence on any number of hosts.
+each host reads and tokenizes only its share of the data, and the batch sequence depends on the
+number of streams, never on the number of hosts. The trainer's default (shards=None) is
+`default_streams`: DEFAULT_STREAMS streams when the batch size allows, so a config and seed give
+the same batches on 1, 2, 4 or 8 processes (and on any other count that divides the batch).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import math
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import grain
 import numpy as np
 
+from llmjax.config_checks import check_field_types
 from llmjax.data import examples_file, featurize, sharded_iterator, tfds_text
 from llmjax.data import tokenizer as tokenizer_lib
 from llmjax.data.featurize import FILE_OBJECTIVES, OBJECTIVES, document_text, required_vocab_size
 
 TOKENIZERS = ("sentencepiece", "byte")
-__all__ = ["DataConfig", "document_text", "get_or_train_tokenizer", "make_eval_batches",
-           "make_tokenizer", "make_train_iterator", "prepare_dataset", "required_vocab_size"]
+# Data streams of the trainer's default: the usual process counts (1, 2, 4, 8) divide it, so
+# each of them reads an equal share; more processes share streams (each still reads 1/8).
+DEFAULT_STREAMS = 8
+__all__ = ["DataConfig", "default_streams", "document_text", "get_or_train_tokenizer",
+           "make_eval_batches", "make_tokenizer", "make_train_iterator", "prepare_dataset",
+           "required_vocab_size"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,9 +86,12 @@ class DataConfig:
       [CLS] a [SEP] b [SEP]; the model needs ModelConfig.type_vocab_size=2). None = one text.
     num_classes: classification labels are in [0, num_classes).
     shards: independent data streams a global batch is assembled from (it must divide the
-      batch size); each host reads only its streams. None = one per process (or, on resume,
-      what the checkpoint was written with). Fix it (e.g. to the most hosts you will use) to
-      get the same batches on any number of hosts.
+      batch size); each host reads only its streams, and the batches depend on it, not on the
+      number of hosts. None = `default_streams` (8 when the batch size and the records allow;
+      on resume, what the checkpoint was written with), the same on any number of processes.
+      With more than 8 processes each still reads 1/8 of the data: set it to the process count.
+    truncate_long_examples: classification / seq2seq examples longer than the sequence are cut
+      to fit, with one warning line counting them (True), or refused with that count (False).
   """
   text_files: str | tuple[str, ...] | None = None
   tfds_name: str | None = None
@@ -110,8 +122,10 @@ class DataConfig:
   text_pair_field: str | None = None
   num_classes: int | None = None
   shards: int | None = None
+  truncate_long_examples: bool = True
 
   def __post_init__(self):
+    check_field_types(self)  # Also turns a list of text_files (gin's) into a hashable tuple.
     if isinstance(self.text_files, list | tuple):  # gin gives lists; keep the config hashable.
       object.__setattr__(self, "text_files", tuple(os.fspath(p) for p in self.text_files))
       if not self.text_files:
@@ -131,8 +145,8 @@ class DataConfig:
     if not 0.0 <= self.eval_fraction < 1.0:
       raise ValueError(f"DataConfig.eval_fraction={self.eval_fraction} must be in [0, 1).")
     if self.shards is not None and self.shards <= 0:
-      raise ValueError(f"DataConfig.shards={self.shards} must be positive (or None: one per "
-                       "process).")
+      raise ValueError(f"DataConfig.shards={self.shards} must be positive (or None: "
+                       "gcd(batch size, 8) streams, the same on any number of processes).")
     if self.max_train_text_mb <= 0:
       raise ValueError(f"DataConfig.max_train_text_mb={self.max_train_text_mb} must be > 0.")
     self._check_objective()
@@ -286,17 +300,62 @@ def _process_rows(batch_size: int, process_index: int | None,
   return process_index * rows, rows
 
 
+def check_truncation(cfg: DataConfig, feat: featurize.Featurizer, source: Any, split: str, *,
+                     warn: bool = True) -> dict[str, int]:
+  """Counts the source's examples that do not fit a row (classification / seq2seq) and says so.
+
+  One stderr line per call when some are truncated (warn=False: silent, for all processes but
+  the first); a ValueError instead with DataConfig.truncate_long_examples=False. Returns
+  Featurizer.count_truncated's counts.
+  """
+  counts = feat.count_truncated(source)
+  if not counts["truncated"]:
+    return counts
+  where = cfg.train_file if split == "training" or cfg.eval_file is None else cfg.eval_file
+  if cfg.objective == "seq2seq":
+    detail = (f"inputs over {feat.seq_len} tokens with EOS: {counts['inputs']} (longest "
+              f"{counts['longest_inputs']}), targets over {feat.decoder_len}: "
+              f"{counts['targets']} (longest {counts['longest_targets']})")
+    fix = "raise TrainConfig.seq_len / DataConfig.decoder_seq_len or shorten the examples"
+  else:
+    detail = (f"over {feat.seq_len} tokens with the special tokens; longest "
+              f"{counts['longest_texts']}")
+    fix = "raise TrainConfig.seq_len or shorten the texts"
+  what = (f"{counts['truncated']:,} of {counts['examples']:,} {cfg.objective} {split} examples"
+          f"{f' of {where}' if where else ''} do not fit the sequence ({detail})")
+  if not cfg.truncate_long_examples:
+    raise ValueError(f"{what}: {fix}, or set DataConfig.truncate_long_examples=True to cut "
+                     "them to fit.")
+  if warn:
+    print(f"llmjax: warning: {what} and are truncated: {fix}, or set "
+          "DataConfig.truncate_long_examples=False to refuse such data.", file=sys.stderr)
+  return counts
+
+
 def _objective_cfg(source: Any, data_cfg: DataConfig | None) -> DataConfig:
   if isinstance(source, DataConfig):
     return source
   return data_cfg if data_cfg is not None else DataConfig()
 
 
+def default_streams(batch_size: int, num_records: int) -> int:
+  """The data streams a run uses when DataConfig.shards is None.
+
+  gcd(batch_size, DEFAULT_STREAMS), halved while it exceeds the training records: a function of
+  the config and the data only, never of the process count, so every process count that divides
+  the batch size sees the same batches (each process building the streams under its rows).
+  """
+  streams = math.gcd(batch_size, DEFAULT_STREAMS)
+  while streams > 1 and streams > num_records:
+    streams //= 2
+  return streams
+
+
 def make_train_iterator(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batch_size: int,
                         seq_len: int, seed: int | None = None, process_index: int | None = None,
                         process_count: int | None = None, data_dir: str | None = None,
                         read_threads: int = 0, model_vocab_size: int | None = None,
-                        data_cfg: DataConfig | None = None, shards: int = 1,
+                        data_cfg: DataConfig | None = None, shards: int | None = 1,
                         row_range: tuple[int, int] | None = None) -> Any:
   """An infinite iterator of this process's rows of each global training batch.
 
@@ -315,7 +374,8 @@ def make_train_iterator(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batc
       the top ids), checked against required_vocab_size when given.
     data_cfg: the objective settings when source is not a DataConfig (default: causal LM).
     shards: independent data streams the global batch is made of (sharded_iterator.py); a
-      process builds only the streams covering its rows.
+      process builds only the streams covering its rows. None = default_streams (the
+      trainer's default, DataConfig.shards=None).
     row_range: (first row, rows) of the global batch to keep, overriding process_index/count
       (the trainer derives it from the batch sharding).
 
@@ -327,10 +387,16 @@ def make_train_iterator(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batc
   cfg = _objective_cfg(source, data_cfg)
   seed = cfg.seed if seed is None else seed
   first, rows = row_range or _process_rows(batch_size, process_index, process_count)
-  parts = sharded_iterator.stream_slices(batch_size, shards, first, rows)
   src = _resolve(source, data_dir, "train")
   if src is None or len(src) == 0:
     raise ValueError("the training split is empty.")
+  if shards is None:
+    shards = default_streams(batch_size, len(src))
+  parts = sharded_iterator.stream_slices(batch_size, shards, first, rows)
+  if cfg.objective in FILE_OBJECTIVES:
+    check_truncation(cfg, featurize.Featurizer(cfg, tokenizer, seq_len=seq_len, seed=seed,
+                                               model_vocab_size=model_vocab_size),
+                     src, "training", warn=first == 0)
   if len(src) < shards:
     raise ValueError(f"the training split has {len(src)} records, fewer "
                      f"than the {shards} data streams (DataConfig.shards).")
@@ -378,6 +444,8 @@ def make_eval_batches(source: Any, tokenizer: tokenizer_lib.Tokenizer, *, batch_
   src = _resolve(source, data_dir, "validation")
   if src is None or len(src) == 0 or num_batches <= 0:
     return []
+  if cfg.objective in FILE_OBJECTIVES:
+    check_truncation(cfg, feat, src, "evaluation", warn=first == 0)
   ds = grain.MapDataset.source(src).map_with_index(feat.example)
   rows_iter: Iterator[dict[str, np.ndarray]] = iter(
       feat.rows(ds.to_iter_dataset(grain.ReadOptions(num_threads=0))))

@@ -54,6 +54,8 @@ _LOSSLESS = dict(
 )
 # Training sentences are lines; SentencePiece silently skips sentences longer than this.
 _MAX_LINE_BYTES = 8192
+# SentencePiece's whitespace symbol: a literal one in the text would decode as a space.
+_META = "\u2581"
 
 
 class Tokenizer(Protocol):
@@ -142,6 +144,7 @@ class SentencePieceTokenizer:
     self.mask_id = None if mask_id is None else _resolve_id("mask", mask_id, -1,
                                                              self.vocab_size)
     self.sentinel_ids = _check_sentinels(sentinel_ids)
+    self._meta_ids = _meta_symbol_ids(self._sp)
 
   @classmethod
   def from_file(cls, path: str, *, pad_id: int | None = None, bos_id: int | None = None,
@@ -207,10 +210,20 @@ class SentencePieceTokenizer:
 
   def encode(self, text: str) -> list[int]:
     """Returns text's ids (no BOS/EOS)."""
-    return self._sp.encode(text)
+    if self._meta_ids is None or _META not in text:
+      return self._sp.encode(text)
+    # SentencePiece reads a literal U+2581 as its own escaped space and decodes it as " ": the
+    # text between them is encoded alone and each one becomes its three UTF-8 byte pieces.
+    parts = self._sp.encode(text.split(_META))
+    ids = parts[0]
+    for part in parts[1:]:
+      ids = ids + self._meta_ids + part
+    return ids
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     """Encodes several texts at once (SentencePiece runs them in C++ threads)."""
+    if self._meta_ids is not None and any(_META in text for text in texts):
+      return [self.encode(text) for text in texts]
     return self._sp.encode(list(texts))
 
   def decode(self, ids: Iterable[int]) -> str:
@@ -322,6 +335,15 @@ def trained_here_sentinel_ids(model_vocab_size: int, count: int) -> np.ndarray:
   layout): model_vocab_size - 1 - i, for i < count. The span-corruption data and the sampler
   both follow this one convention."""
   return model_vocab_size - 1 - np.arange(count, dtype=np.int32)
+
+
+def _meta_symbol_ids(sp: spm.SentencePieceProcessor) -> list[int] | None:
+  """The byte pieces of U+2581 when a literal one can be kept through them: the model has
+  byte fallback and adds no dummy prefix (so text can be encoded in pieces); else None."""
+  ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in _META.encode("utf-8")]
+  if not all(sp.is_byte(i) for i in ids) or sp.encode("x", out_type=str)[:1] != ["x"]:
+    return None
+  return ids
 
 
 def _check_sentinels(ids: Sequence[int]) -> tuple[int, ...]:

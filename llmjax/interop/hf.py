@@ -15,7 +15,6 @@ that disagree with the tensor they repeat.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from llmjax import workdir as workdir_lib
 from llmjax.interop import bert, gpt2, llama, t5
 from llmjax.interop.mapping import param_path
 from llmjax.interop.safetensors_io import SafetensorsFolder
@@ -48,8 +48,15 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
     raise FileNotFoundError(f"--from_hf={hf_dir}: no such directory.")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{hf_dir} has no {CONFIG_FILE}: not a Hugging Face model folder.")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    config = workdir_lib.read_json(path)
+  except workdir_lib.InvalidJsonError as e:
+    raise ValueError(f"{e}; nothing was converted: repair the file, or copy the model folder "
+                     "again from its source.") from None
+  if not isinstance(config, dict):
+    raise ValueError(f"{path} holds a JSON {type(config).__name__}, not the object of a Hugging "
+                     "Face config; nothing was converted: copy the model folder again.")
+  return config
 
 
 def architecture(model_type: str | None) -> ModuleType:

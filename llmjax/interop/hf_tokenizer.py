@@ -21,13 +21,13 @@ a converted workdir keeps:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any
 
 import sentencepiece as spm
 
+from llmjax import workdir as workdir_lib
 from llmjax.data import tokenizer as tokenizer_lib
 from llmjax.interop import hf
 from llmjax.models.config import ModelConfig
@@ -54,11 +54,11 @@ def _read_json(hf_dir: str, name: str) -> dict[str, Any]:
   path = os.path.join(hf_dir, name)
   if not os.path.isfile(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    try:
-      value = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}).") from e
+  try:
+    value = workdir_lib.read_json(path)
+  except workdir_lib.InvalidJsonError as e:
+    raise ValueError(f"{e}; nothing was converted: repair the file, or copy the model folder "
+                     "again from its source.") from None
   return value if isinstance(value, dict) else {}
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from llmjax.config_checks import check_field_types
 from llmjax.models.precision import PRECISIONS, policy_dtypes
 
 ARCHITECTURES = ("decoder", "encoder", "encoder_decoder")
@@ -127,6 +128,7 @@ class ModelConfig:
   pooling: str = "first"
 
   def __post_init__(self):
+    check_field_types(self)
     for name in ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "max_seq_len"):
       if getattr(self, name) <= 0:
         raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}.")
@@ -144,6 +146,15 @@ class ModelConfig:
       _choice("dtype", self.dtype, DTYPES)
     if self.param_dtype is not None:
       _choice("param_dtype", self.param_dtype, DTYPES)
+    if self.head_dim is not None and self.head_dim <= 0:
+      raise ValueError(f"ModelConfig.head_dim must be positive or None (embed_dim // num_heads), "
+                       f"got {self.head_dim}.")
+    if self.rope_theta <= 0:
+      raise ValueError(f"ModelConfig.rope_theta must be positive (LLaMA uses 10000.0), got "
+                       f"{self.rope_theta}.")
+    if self.norm_eps < 0:
+      raise ValueError(f"ModelConfig.norm_eps must be >= 0 (typically 1e-6 to 1e-5), got "
+                       f"{self.norm_eps}.")
     if self.kv_heads <= 0 or self.num_heads % self.kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}: "

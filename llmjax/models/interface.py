@@ -200,6 +200,32 @@ class LanguageModel:
       log_lik = log_lik * weights
     return jnp.sum(log_lik, axis=-1)
 
+  def hidden_states(self, params: Any, tokens: jax.Array,
+                    segment_ids: jax.Array | None = None) -> jax.Array:
+    """[b, t, d] final hidden states: the last block's output after the final norm, before any
+    head (for embeddings and probing).
+
+    Decoder and encoder (MLM or classifier): of `tokens`; encoder_decoder: the encoder's
+    output, `tokens` being the encoder input. segment_ids [b, t] (0 = padding) keep an
+    encoder's padded positions out of attention; a decoder's right padding cannot change
+    earlier (causal) positions. The normal forward pass is untouched: the output is captured
+    from the module (Flax `capture_intermediates`), and under jit the unused head is dead code.
+    """
+    self._check_length(tokens.shape[-1])
+    variables = {"params": params}
+    if self.is_encoder_decoder:
+      return self.module.apply(variables, tokens, None, segment_ids,
+                               method=EncoderDecoder.encode)
+    # Pre-norm models end with the top-level final_norm; post-norm stacks end normalized.
+    stack = "decoder" if self.config.architecture == "decoder" else "encoder"
+    name = "final_norm" if self.config.norm_position == "pre" else stack
+    _, state = self.module.apply(
+        variables, tokens, None, segment_ids,
+        capture_intermediates=lambda module, method: method == "__call__"
+        and module.path == (name,), mutable=["intermediates"])
+    out = state["intermediates"][name]["__call__"][0]
+    return out if name == "final_norm" else out[0]  # A stack returns (x, cache).
+
   def logits_fn(self, params: Any, tokens: jax.Array, positions: jax.Array,
                 cache: Cache | None) -> tuple[jax.Array, Cache | None]:
     """([b, t, v] logits, cache) for decoder tokens at `positions`, params as trained.

@@ -30,6 +30,7 @@ Sizes are decimal (1 GB = 1e9 bytes), as the datasheets state them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from llmjax.training.accelerators import PEAK_FLOPS_BF16
@@ -98,6 +99,18 @@ def check_device_name(name: str) -> None:
                      "(use --device_memory_gb to model another memory size).")
 
 
+def check_device_args(name: str, *, memory_gb: float | None = None,
+                      memory_fraction: float | None = None) -> None:
+  """Raises ValueError naming the flag unless `name` is a known device and the overrides are
+  finite and in range (NaN would compare false everywhere and pass as 'fits')."""
+  check_device_name(name)
+  if memory_gb is not None and not (math.isfinite(memory_gb) and memory_gb > 0):
+    raise ValueError(f"--device_memory_gb must be a finite positive number (GB = 1e9 bytes), got "
+                     f"{memory_gb}.")
+  if memory_fraction is not None and not 0 < memory_fraction <= 1:  # Also rejects NaN.
+    raise ValueError(f"--memory_fraction must be in (0, 1], got {memory_fraction}.")
+
+
 def get_device(name: str, *, num_devices: int = 1, memory_gb: float | None = None,
                memory_fraction: float | None = None) -> DeviceSpec:
   """The DeviceSpec for `name`, with optional overrides.
@@ -111,11 +124,7 @@ def get_device(name: str, *, num_devices: int = 1, memory_gb: float | None = Non
   Raises:
     ValueError: unknown name, or a non-positive override.
   """
-  check_device_name(name)
-  if memory_gb is not None and memory_gb <= 0:
-    raise ValueError(f"--device_memory_gb must be positive, got {memory_gb}.")
-  if memory_fraction is not None and not 0 < memory_fraction <= 1:
-    raise ValueError(f"--memory_fraction must be in (0, 1], got {memory_fraction}.")
+  check_device_args(name, memory_gb=memory_gb, memory_fraction=memory_fraction)
   if name == CPU:
     spec = _cpu_spec(num_devices)
   else:

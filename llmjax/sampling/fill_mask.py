@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmjax.data import tokenizer as tokenizer_lib
+from llmjax.sampling.params import check_int, check_prompts
 
 MIN_LENGTH_BUCKET = 8
 
@@ -114,18 +115,17 @@ def fill_mask(model: Any, params: Any, tokenizer: Any, texts: Sequence[str] | st
     probabilities are over the tokenizer's non-special ids (renormalized).
 
   Raises:
+    TypeError: texts not a str or a list of str, top_k not an int, mask_token not a str.
     ValueError: a decoder, encoder_decoder or classifier model (naming what to use instead),
-      a text without mask_token, a text too long for max_seq_len, or top_k < 1.
+      no texts, a text without mask_token, a text too long for max_seq_len, or top_k < 1.
   """
   check_fill_mask_model(model, tokenizer)
-  if isinstance(texts, str):
-    texts = [texts]
-  if not texts:
-    raise ValueError("no texts given.")
-  if not isinstance(top_k, int | np.integer) or top_k < 1:
-    raise ValueError(f"top_k must be an int >= 1, got {top_k!r}.")
+  texts = check_prompts(texts, "texts")
+  top_k = check_int("top_k", top_k, "an int >= 1 (candidates per mask)", lambda v: v >= 1)
+  if not isinstance(mask_token, str):
+    raise TypeError(f"mask_token must be a non-empty str such as '[MASK]', got {mask_token!r}.")
   if not mask_token:
-    raise ValueError("mask_token must be a non-empty string.")
+    raise ValueError("mask_token must be a non-empty str such as '[MASK]', got ''.")
   candidates = candidate_ids(tokenizer)
   top_k = min(int(top_k), len(candidates))
   rows = [encode_masked(tokenizer, text, mask_token) for text in texts]

@@ -9,6 +9,7 @@ encoder-decoder), fill-mask (MLM encoders) and full-forward logits (all).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,9 @@ from llmjax.data.tokenizer import Tokenizer
 from llmjax.models.config import ModelConfig
 from llmjax.models.decoder import Params
 from llmjax.models.interface import LanguageModel
+from llmjax.sampling.params import SAMPLING_FIELDS, SAMPLING_ONLY_FIELDS, check_setting_names
 from llmjax.sampling.sampler import Sampler
+from llmjax.sampling.scoring import Scorer, emittable_ids
 
 
 @dataclasses.dataclass
@@ -64,17 +67,31 @@ class LoadedModel:
     return logits
 
   def _check_ids(self, token_ids: Any, name: str) -> np.ndarray:
-    tokens = np.asarray(token_ids)
+    """token_ids as a [t] or [b, t] integer array of ids in [0, vocab_size), max_seq_len long
+    at most; raises TypeError / ValueError naming `name`, the value and what is accepted."""
+    vocab = self.config.vocab_size
+    if isinstance(token_ids, str | bytes):
+      raise TypeError(f"{name} must be token ids (ints in [0, {vocab})), got the text "
+                      f"{token_ids[:40]!r}: encode it with .tokenizer.encode first.")
+    try:
+      tokens = np.asarray(token_ids)
+    except ValueError:  # Ragged rows.
+      raise ValueError(f"{name} must be a [t] or [b, t] sequence of ids with rows of one "
+                       "length; pad the rows or pass them one at a time.") from None
     if tokens.ndim not in (1, 2) or tokens.shape[-1] == 0:
       raise ValueError(f"{name} must be a non-empty [t] or [b, t] sequence, got shape "
                        f"{tokens.shape}.")
     if not np.issubdtype(tokens.dtype, np.integer):
-      raise ValueError(f"{name} must be integers, got dtype {tokens.dtype}.")
+      raise TypeError(f"{name} must be integers (token ids in [0, {vocab})), got dtype "
+                      f"{tokens.dtype}.")
     if tokens.shape[-1] > self.config.max_seq_len:
       raise ValueError(f"{name}: {tokens.shape[-1]} tokens exceed max_seq_len="
                        f"{self.config.max_seq_len}.")
-    if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
-      raise ValueError(f"{name}: token ids must be in [0, {self.config.vocab_size}).")
+    bad = (tokens < 0) | (tokens >= vocab)
+    if bad.any():
+      where = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise ValueError(f"{name} holds id {int(tokens[where])} at index {where}: token ids must "
+                       f"be in [0, {vocab}) (the model's vocab_size).")
     return tokens
 
   def logits(self, token_ids: Any, decoder_input_ids: Any = None,
@@ -133,6 +150,7 @@ class LoadedModel:
     num_beams, length_penalty. encoder_decoder: each prompt is the encoder input."""
     if self.sampler is None:
       self._no_sampler()
+    check_setting_names(sampling_kwargs, SAMPLING_FIELDS, "generate()")
     return self.sampler.generate(prompts, **sampling_kwargs)
 
   def _no_sampler(self) -> None:
@@ -155,9 +173,8 @@ class LoadedModel:
     """
     if self.sampler is None:
       self._no_sampler()
-    rows = [list(map(int, row)) for row in token_ids]
-    for row in rows:
-      self._check_ids(row, "token_ids")
+    check_setting_names(sampling_kwargs, SAMPLING_ONLY_FIELDS, "generate_ids()")
+    rows = self.sampler.check_id_rows(token_ids, "token_ids")
     if self.model.is_encoder_decoder:
       return self.sampler.generate_ids([[self.tokenizer.bos_id]] * len(rows), encoder_ids=rows,
                                        **sampling_kwargs)
@@ -170,6 +187,43 @@ class LoadedModel:
 
     return fill_mask(self.model, self.params, self.tokenizer, texts, top_k=top_k,
                      mask_token=mask_token)
+
+  # Evaluation requests (lm-evaluation-harness's three, plus embeddings): scoring.Scorer.
+  @functools.cached_property
+  def scorer(self) -> Scorer:
+    """The Scorer behind loglikelihood & co.; its *_tokens methods take token ids."""
+    sentinels = () if self.sampler is None else self.sampler.sentinel_ids
+    return Scorer(self.model, self.params, self.tokenizer, sampler=self.sampler,
+                  emittable=emittable_ids(self.config.vocab_size, self.tokenizer, sentinels))
+
+  def loglikelihood(self, requests: Sequence[tuple[str, str]], *,
+                    batch_size: int | None = None) -> list[tuple[float, bool]]:
+    """Per (context, continuation): (log p(continuation | context), is_greedy), lm-eval's
+    loglikelihood request (Scorer.loglikelihood)."""
+    return self.scorer.loglikelihood(requests, batch_size=batch_size)
+
+  def loglikelihood_rolling(self, texts: Sequence[str], *,
+                            batch_size: int | None = None) -> list[float]:
+    """Full-document log-likelihood per text, rolling windows past max_seq_len
+    (Scorer.loglikelihood_rolling)."""
+    return self.scorer.loglikelihood_rolling(texts, batch_size=batch_size)
+
+  def generate_until(self, requests: Sequence[tuple[str, dict]], *,
+                     batch_size: int | None = None) -> list[str]:
+    """Per (context, {"until": [...], "max_gen_toks": n, ...}): the generated text, cut before
+    the first stop string; greedy by default (Scorer.generate_until)."""
+    return self.scorer.generate_until(requests, batch_size=batch_size)
+
+  def embed(self, texts: Sequence[str], pooling: str = "mean", *,
+            batch_size: int | None = None) -> np.ndarray:
+    """[n, d] pooled final hidden states ("mean", "first" or "last"; Scorer.embed)."""
+    return self.scorer.embed(texts, pooling, batch_size=batch_size)
+
+  def num_tokens(self, text: str) -> int:
+    """Tokens of text (no BOS/EOS), for per-token and per-byte figures."""
+    if not isinstance(text, str):
+      raise TypeError(f"text must be a str, got {type(text).__name__}.")
+    return len(self.tokenizer.encode(text))
 
 
 def _num_sentinels(record: workdir_lib.RunRecord) -> int | None:

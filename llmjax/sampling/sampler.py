@@ -34,6 +34,7 @@ from llmjax.data import tokenizer as tokenizer_lib
 from llmjax.data.tokenizer import Tokenizer
 from llmjax.models.decoder import Cache, Decodable, Decoder, LogitsFn, Params
 from llmjax.sampling import beam, decoding
+from llmjax.sampling.params import SamplingParams, check_int, check_prompts
 from llmjax.sampling.strategies import make_strategy
 
 MIN_PROMPT_BUCKET = 8
@@ -208,6 +209,7 @@ class Sampler:
     """Checks and right-pads (decoder) id prompts into bucketed (tokens, lengths, cache_len)."""
     if max_new_tokens <= 0:
       raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}.")
+    prompt_ids = self.check_id_rows(prompt_ids, "prompt_ids")
     if not prompt_ids:
       raise ValueError("no prompts given.")
     lengths = [len(p) for p in prompt_ids]
@@ -233,6 +235,30 @@ class Sampler:
       row_lengths[i] = len(ids)
     return tokens, row_lengths, cache_len
 
+  def check_id_rows(self, rows: Sequence[Sequence[int]], name: str) -> list[list[int]]:
+    """Rows of token ids as lists of ints in [0, vocab_size) (an id past the embedding would be
+    clamped silently by the lookup)."""
+    if isinstance(rows, str | bytes) or not isinstance(rows, Sequence | np.ndarray):
+      raise TypeError(f"{name} must be a list of token-id lists, got {type(rows).__name__}.")
+    accepted = f"a token id in [0, {self.vocab_size}) (the model's vocab_size)"
+    checked = []
+    for i, row in enumerate(rows):
+      if isinstance(row, str | bytes) or not isinstance(row, Sequence | np.ndarray):
+        raise TypeError(f"{name}[{i}] must be a list of token ids, got {row!r} "
+                        f"({type(row).__name__}); text prompts go to generate().")
+      try:
+        ids = np.asarray(row) if len(row) else np.zeros((0,), np.int32)
+      except ValueError:  # Ragged nesting.
+        ids = np.zeros((0,), np.object_)
+      if (ids.ndim == 1 and np.issubdtype(ids.dtype, np.integer)
+          and (not ids.size or 0 <= ids.min() <= ids.max() < self.vocab_size)):
+        checked.append(ids.tolist())
+      else:  # Name the offending entry (slow, on the error path only).
+        checked.append([check_int(f"{name}[{i}][{j}]", t, accepted,
+                                  lambda v: 0 <= v < self.vocab_size)
+                        for j, t in enumerate(row)])
+    return checked
+
   def _pack_encoder(self, encoder_ids: Sequence[Sequence[int]] | None,
                     batch: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Right-pads encoder inputs to [batch, bucket]; segment ids 1 on tokens, 0 on padding."""
@@ -244,6 +270,7 @@ class Sampler:
     if encoder_ids is None:
       raise ValueError("an encoder_decoder model needs encoder_ids (the encoder input of each "
                        "prompt: ids + EOS; encode_prompts makes them).")
+    encoder_ids = self.check_id_rows(encoder_ids, "encoder_ids")
     lengths = [len(e) for e in encoder_ids]
     if min(lengths, default=0) == 0:
       raise ValueError("every encoder input needs at least one token (encode_prompts adds EOS).")
@@ -286,15 +313,18 @@ class Sampler:
       encoder_ids: encoder_decoder only: each row's encoder input (ids + EOS).
       The rest as in `generate`.
     """
-    strategy = make_strategy(temperature, top_k, top_p)
+    settings = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, seed=seed)
+    max_new_tokens = settings.max_new_tokens
+    strategy = make_strategy(settings.temperature, settings.top_k, settings.top_p)
     self._check_rows(prompt_ids, encoder_ids)
     tokens, row_lengths, cache_len = self._pack(prompt_ids, max_new_tokens)
     enc_tokens, enc_segments = self._pack_encoder(encoder_ids, tokens.shape[0])
     decoding.validate_decode_args(tokens.shape, row_lengths, max_new_tokens=max_new_tokens,
                                   cache_len=cache_len, max_seq_len=self.max_seq_len)
-    out = self._decode(self.params, tokens, row_lengths, jax.random.PRNGKey(seed), enc_tokens,
-                       enc_segments, max_new_tokens=max_new_tokens, strategy=strategy,
-                       cache_len=cache_len)
+    rng = jax.random.PRNGKey(settings.seed)
+    out = self._decode(self.params, tokens, row_lengths, rng, enc_tokens, enc_segments,
+                       max_new_tokens=max_new_tokens, strategy=strategy, cache_len=cache_len)
     out_tokens, out_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     return [self._split_completion(out_tokens[i, :out_lengths[i]].tolist())
             for i in range(len(prompt_ids))]
@@ -309,6 +339,12 @@ class Sampler:
     Ids exclude the EOS; scores are summed log-probs / ((5 + length) / 6) ** length_penalty
     (length counting the EOS), best first; num_return defaults to num_beams.
     """
+    settings = SamplingParams(num_beams=num_beams, max_new_tokens=max_new_tokens,
+                              length_penalty=length_penalty)
+    num_beams, max_new_tokens = settings.num_beams, settings.max_new_tokens
+    if num_return is not None:
+      num_return = check_int("num_return", num_return, f"an int in [1, num_beams={num_beams}]",
+                             lambda v: 1 <= v <= num_beams)
     self._check_rows(prompt_ids, encoder_ids)
     tokens, row_lengths, cache_len = self._pack(prompt_ids, max_new_tokens)
     enc_tokens, enc_segments = self._pack_encoder(encoder_ids, tokens.shape[0])
@@ -321,8 +357,8 @@ class Sampler:
                             num_return=num_return, cache_len=cache_len,
                             max_seq_len=self.max_seq_len)
     out = self._beam(self.params, tokens, row_lengths, enc_tokens, enc_segments,
-                     max_new_tokens=max_new_tokens, num_beams=int(num_beams),
-                     length_penalty=float(length_penalty), num_return=num_return,
+                     max_new_tokens=max_new_tokens, num_beams=num_beams,
+                     length_penalty=settings.length_penalty, num_return=num_return,
                      cache_len=cache_len)
     out_tokens, out_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     scores = np.asarray(out.scores)
@@ -334,6 +370,14 @@ class Sampler:
           continue  # Fewer distinct hypotheses than requested exist.
         ids = self._split_completion(out_tokens[i, j, :out_lengths[i, j]].tolist())
         hyps.append((ids, float(scores[i, j])))
+      if not hyps:
+        # Every score is NaN or -inf: the logits are not finite (a diverged checkpoint) or the
+        # length penalty over/underflows float32.
+        raise ValueError(
+            f"beam search found no finite-scoring hypothesis for prompt {i}: the model's "
+            f"log-probs are not finite (check the checkpoint for NaN/Inf parameters) or "
+            f"length_penalty={settings.length_penalty} overflows; use a |length_penalty| "
+            "of at most a few (0.6-1.0 is usual).")
       results.append(hyps)
     return results
 
@@ -348,8 +392,7 @@ class Sampler:
                   max_new_tokens: int = 64, length_penalty: float = 1.0,
                   num_return: int | None = None) -> list[list[tuple[str, float]]]:
     """N-best completions per prompt: [(text, score)] best first (see beam_search_ids)."""
-    if isinstance(prompts, str):
-      prompts = [prompts]
+    prompts = check_prompts(prompts)
     decoder_ids, encoder_ids = self._rows(prompts)
     nbest = self.beam_search_ids(decoder_ids, num_beams=num_beams,
                                  max_new_tokens=max_new_tokens, length_penalty=length_penalty,
@@ -367,28 +410,31 @@ class Sampler:
         encoder_decoder: each is the encoder input; `<extra_id_i>` marks T5 sentinel i.
       max_new_tokens: most tokens generated per completion (it stops earlier at EOS).
       temperature: 0 = greedy; top_k: 0 = off; top_p: 1.0 = off (make_strategy).
-      seed: PRNG seed; the same seed and settings give the same completions.
+      seed: PRNG seed in [0, 2**32); the same seed and settings give the same completions.
       num_samples: completions per prompt; with num_beams > 1, the num_samples best beam
         hypotheses (at most num_beams).
-      num_beams: > 1 runs beam search (deterministic: temperature, top_k, top_p and seed are
-        not used); 1 samples as above.
+      num_beams: > 1 runs beam search (deterministic, ranked by the model's own log-probs:
+        temperature, top_k and top_p must stay at their defaults, seed is not used); 1 samples
+        as above.
       length_penalty: beam search's GNMT alpha (0 = rank by summed log-prob).
 
     Returns:
       The completions only (without the prompt, BOS or EOS), prompt-major: the j-th sample of
       prompt i is at index i * num_samples + j.
+
+    Raises:
+      TypeError: a prompt that is not a str, or a setting of the wrong type (SamplingParams).
+      ValueError: no prompts, a setting out of range or settings that do not go together
+        (SamplingParams), or a prompt + max_new_tokens longer than the model's max_seq_len.
     """
-    if isinstance(prompts, str):
-      prompts = [prompts]
-    if num_samples <= 0:
-      raise ValueError(f"num_samples must be positive, got {num_samples}.")
-    if not isinstance(num_beams, int | np.integer) or num_beams < 1:
-      raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}.")
+    settings = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples,
+                              num_beams=num_beams, length_penalty=length_penalty)
+    prompts = check_prompts(prompts)
+    num_samples, num_beams = settings.num_samples, settings.num_beams
+    max_new_tokens, length_penalty = settings.max_new_tokens, settings.length_penalty
     decoder_ids, encoder_ids = self._rows(prompts)
-    if num_beams > 1:
-      if num_samples > num_beams:
-        raise ValueError(f"num_samples={num_samples} > num_beams={num_beams}: beam search "
-                         f"returns at most num_beams hypotheses; raise num_beams.")
+    if settings.is_beam_search:
       nbest = self.beam_search_ids(decoder_ids, num_beams=num_beams,
                                    max_new_tokens=max_new_tokens, length_penalty=length_penalty,
                                    num_return=num_samples, encoder_ids=encoder_ids)
@@ -400,6 +446,7 @@ class Sampler:
       return None if rows is None else [r for r in rows for _ in range(num_samples)]
 
     completions = self.generate_ids(repeat(decoder_ids), max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_k=top_k, top_p=top_p,
-                                    seed=seed, encoder_ids=repeat(encoder_ids))
+                                    temperature=settings.temperature, top_k=settings.top_k,
+                                    top_p=settings.top_p, seed=settings.seed,
+                                    encoder_ids=repeat(encoder_ids))
     return [self.decode_ids(ids) for ids in completions]

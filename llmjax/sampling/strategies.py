@@ -17,20 +17,19 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-
-def _check_temperature(temperature: float) -> None:
-  if not temperature >= 0.0:  # Also rejects NaN.
-    raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+from llmjax.sampling.params import MIN_SAMPLING_TEMPERATURE, check_setting
 
 
-def _check_top_k(top_k: int) -> None:
-  if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
-    raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}.")
+def _check_temperature(temperature: float) -> float:
+  return check_setting("temperature", temperature)
 
 
-def _check_top_p(top_p: float) -> None:
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p}.")
+def _check_top_k(top_k: int) -> int:
+  return check_setting("top_k", top_k)
+
+
+def _check_top_p(top_p: float) -> float:
+  return check_setting("top_p", top_p)
 
 
 def greedy_argmax(logits: jax.Array) -> jax.Array:
@@ -102,7 +101,7 @@ class Temperature:
     _check_temperature(self.temperature)
 
   def __call__(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
-    if self.temperature == 0.0:
+    if self.temperature < MIN_SAMPLING_TEMPERATURE:
       return greedy_argmax(logits)
     return _sample(logits, rng, self.temperature, 0, 1.0)
 
@@ -121,7 +120,7 @@ class TopK:
     _check_temperature(self.temperature)
 
   def __call__(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
-    if self.temperature == 0.0 or self.k == 1:
+    if self.temperature < MIN_SAMPLING_TEMPERATURE or self.k == 1:
       return greedy_argmax(logits)
     return _sample(logits, rng, self.temperature, self.k, 1.0)
 
@@ -138,7 +137,7 @@ class TopP:
     _check_temperature(self.temperature)
 
   def __call__(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
-    if self.temperature == 0.0:
+    if self.temperature < MIN_SAMPLING_TEMPERATURE:
       return greedy_argmax(logits)
     return _sample(logits, rng, self.temperature, 0, self.p)
 
@@ -160,7 +159,7 @@ class TopKTopP:
     _check_top_p(self.top_p)
 
   def __call__(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
-    if self.temperature == 0.0 or self.top_k == 1:
+    if self.temperature < MIN_SAMPLING_TEMPERATURE or self.top_k == 1:
       return greedy_argmax(logits)
     return _sample(logits, rng, self.temperature, self.top_k, self.top_p)
 
@@ -172,22 +171,23 @@ def make_strategy(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) 
   """Validates sampling settings and returns the simplest strategy implementing them.
 
   Args:
-    temperature: >= 0; 0 means greedy (top_k/top_p are then irrelevant).
-    top_k: >= 0; 0 means no top-k filter, 1 means greedy.
+    temperature: a finite float >= 0; 0 means greedy (top_k/top_p are then irrelevant), and
+      so does anything below MIN_SAMPLING_TEMPERATURE (1e-6: float32 logits divided by less
+      overflow to inf; greedy is the limit of temperature -> 0).
+    top_k: an int >= 0; 0 means no top-k filter, 1 means greedy.
     top_p: in (0, 1]; 1.0 means no nucleus filter.
 
   Returns:
     A hashable strategy: Greedy, Temperature, TopK, TopP or TopKTopP.
 
   Raises:
+    TypeError: a setting of the wrong type (None, a str, a bool, a float top_k).
     ValueError: for a setting out of range, naming the valid range.
   """
-  _check_temperature(temperature)
-  _check_top_k(top_k)
-  _check_top_p(top_p)
-  temperature = float(temperature)
-  top_p = float(top_p)
-  if temperature == 0.0 or top_k == 1:
+  temperature = _check_temperature(temperature)
+  top_k = _check_top_k(top_k)
+  top_p = _check_top_p(top_p)
+  if temperature < MIN_SAMPLING_TEMPERATURE or top_k == 1:
     return Greedy()
   if top_k == 0 and top_p == 1.0:
     return Temperature(temperature)

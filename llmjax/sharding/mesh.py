@@ -20,6 +20,7 @@ from typing import Any
 import jax
 from jax.sharding import AxisType, Mesh
 
+from llmjax.config_checks import check_field_types
 from llmjax.sharding import axes
 from llmjax.sharding.rules import RULE_SETS
 
@@ -39,6 +40,7 @@ class MeshConfig:
   rules: str = "fsdp"
 
   def __post_init__(self):
+    check_field_types(self)  # Sizes are ints (2.5 is not silently truncated to 2).
     # Normalize to a plain dict (see the module docstring), so configs compare and serialize
     # simply.
     object.__setattr__(self, "shape", _full_shape(self.shape))

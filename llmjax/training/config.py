@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any
+
+from llmjax.config_checks import check_field_types
 
 NAN_POLICIES = ("halt", "skip")
 _FLOAT32_MAX = 3.4028234663852886e38  # The schedule is float32: a larger rate would be inf.
@@ -54,6 +55,13 @@ class TrainConfig:
       advance), metrics.jsonl counts it in `skipped_steps`, and training halts after
       max_consecutive_skips skipped steps in a row.
     max_consecutive_skips: with nan_policy='skip', halt after this many skipped steps in a row.
+    loss_spike_window: Levanter-style loss-spike skipping (needs nan_policy='skip'); 0 (the
+      default) turns it off. Once W = loss_spike_window steps have been accepted, a step whose
+      loss exceeds the mean + loss_spike_std standard deviations of the last W accepted
+      losses is skipped like a non-finite one (counted in `skipped_steps` and towards
+      max_consecutive_skips). The window is part of the optimizer state, so it is checkpointed
+      and a resumed run skips exactly the steps an uninterrupted one would.
+    loss_spike_std: the threshold, in standard deviations of the window's losses.
   """
 
   train_steps: int = 1000
@@ -80,19 +88,30 @@ class TrainConfig:
   init_from_step: int | None = None
   nan_policy: str = "halt"
   max_consecutive_skips: int = 10
+  loss_spike_window: int = 0
+  loss_spike_std: float = 6.0
 
   def __post_init__(self):
-    for name in ("learning_rate", "end_learning_rate_ratio", "weight_decay", "b1", "b2", "eps",
-                 "clip_norm", "z_loss"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"TrainConfig.{name} must be a finite number, got {value!r}.")
+    check_field_types(self)  # Ints are ints (not True, not 2.5); floats are finite numbers.
     if self.nan_policy not in NAN_POLICIES:
       raise ValueError(f"TrainConfig.nan_policy={self.nan_policy!r}; choose one of "
                        f"{NAN_POLICIES}.")
+    if self.init_from_step is not None and self.init_from_step < 0:
+      raise ValueError(f"TrainConfig.init_from_step={self.init_from_step} must be a checkpoint "
+                       "step (>= 0), or None for the latest one.")
     if self.max_consecutive_skips <= 0:
       raise ValueError("TrainConfig.max_consecutive_skips must be positive, got "
                        f"{self.max_consecutive_skips}.")
+    if self.loss_spike_window < 0 or self.loss_spike_window == 1:
+      raise ValueError(f"TrainConfig.loss_spike_window={self.loss_spike_window}: use 0 (off) or "
+                       "a window of >= 2 steps (e.g. 100).")
+    if self.loss_spike_std <= 0:
+      raise ValueError(f"TrainConfig.loss_spike_std={self.loss_spike_std} must be positive "
+                       "(e.g. 6.0 standard deviations).")
+    if self.loss_spike_window and self.nan_policy != "skip":
+      raise ValueError(f"TrainConfig.loss_spike_window={self.loss_spike_window} skips steps, "
+                       f"but nan_policy={self.nan_policy!r}: set nan_policy='skip' too (or "
+                       "loss_spike_window=0).")
     for name in ("train_steps", "batch_size", "seq_len", "microbatches", "log_every",
                  "checkpoint_every", "keep_checkpoints"):
       if getattr(self, name) <= 0:

@@ -12,18 +12,28 @@ replace each other.
 so the device stays busy) and, per `TrainConfig.nan_policy`, raises `DivergenceError` at the
 first non-finite one ('halt') or counts steps the compiled step skipped and raises after too
 many in a row ('skip'). `tree_is_finite` is the check made before every checkpoint save.
+
+`with_loss_window` / `is_loss_spike` (TrainConfig.loss_spike_window, off by default) add
+Levanter-style loss-spike skipping: the last W accepted losses live in the optimizer state, so
+they are checkpointed with it and a resumed run decides exactly as an uninterrupted one.
+
+`transfer_guard` is where the loop dispatches each step: an implicit host<->device copy there
+(a NumPy batch or state handed to the compiled step; on GPU/TPU also a device array read as a
+Python number, which on CPU is no copy) raises instead of silently copying every step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 
 Metrics = dict[str, jax.Array]
@@ -38,6 +48,71 @@ def tree_is_finite(tree: Any) -> jax.Array:
   checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+class LossWindowState(NamedTuple):
+  """The optimizer state with the loss window (see `with_loss_window`).
+
+  Attributes:
+    inner: the wrapped optimizer's state.
+    losses: float32 [W], the last W accepted losses (a ring buffer, slot count % W).
+    count: int32 scalar, losses pushed so far (the window is full once count >= W).
+  """
+
+  inner: Any
+  losses: jax.Array
+  count: jax.Array
+
+
+def with_loss_window(inner: optax.GradientTransformation,
+                     window: int) -> optax.GradientTransformationExtraArgs:
+  """`inner`, with the losses of the last `window` updates kept in its state.
+
+  `update(grads, state, params, *, loss)` pushes `loss` into the window. The train step drops
+  the whole new optimizer state of a skipped step (nan_policy='skip'), so the window holds the
+  losses of accepted steps only: a spike never raises the bar for the next one.
+  """
+
+  def init(params: Any) -> LossWindowState:
+    return LossWindowState(inner.init(params), jnp.zeros((window,), jnp.float32),
+                           jnp.zeros((), jnp.int32))
+
+  def update(updates: Any, state: LossWindowState, params: Any = None, *, loss: jax.Array,
+             **extra: Any) -> tuple[Any, LossWindowState]:
+    del extra
+    updates, inner_state = inner.update(updates, state.inner, params)
+    losses = state.losses.at[state.count % window].set(loss.astype(jnp.float32))
+    return updates, LossWindowState(inner_state, losses, state.count + 1)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def is_loss_spike(state: LossWindowState, loss: jax.Array, num_std: float) -> jax.Array:
+  """A bool scalar: the window is full and `loss` > its mean + num_std * its std."""
+  losses = state.losses
+  full = state.count >= losses.shape[0]
+  return full & (loss > jnp.mean(losses) + num_std * jnp.std(losses))
+
+
+# JAX's own transfer-guard flags (env JAX_TRANSFER_GUARD=log, ...): a level set there wins.
+_JAX_TRANSFER_GUARD_FLAGS = ("jax_transfer_guard", "jax_transfer_guard_host_to_device",
+                             "jax_transfer_guard_device_to_host",
+                             "jax_transfer_guard_device_to_device")
+
+
+def transfer_guard() -> contextlib.AbstractContextManager[None]:
+  """Implicit host<->device transfers raise inside; explicit ones pass.
+
+  Explicit transfers are `jax.device_put` and `jax.device_get` (how metrics are fetched). The
+  loop builds the global batch before entering: on multi-process runs
+  `make_array_from_process_local_data` copies through a path the guard counts as implicit.
+  The level is 'disallow' (a hidden per-step copy is always a bug, and the check costs
+  nothing), unless JAX's own flags set one: JAX_TRANSFER_GUARD=log lists the transfers instead,
+  JAX_TRANSFER_GUARD=allow turns the guard off.
+  """
+  if any(getattr(jax.config, flag, None) is not None for flag in _JAX_TRANSFER_GUARD_FLAGS):
+    return contextlib.nullcontext()
+  return jax.transfer_guard("disallow")
 
 
 class StopSignals:
@@ -124,7 +199,8 @@ class DivergenceGuard:
       raise DivergenceError(
           f"training diverged: steps {first}-{step} ({self.consecutive_skips} in a row, "
           f"TrainConfig.max_consecutive_skips={self.max_consecutive_skips}) all had a "
-          "non-finite loss or gradient norm and were skipped.")
+          "non-finite loss or gradient norm (or a loss spike, TrainConfig.loss_spike_window) "
+          "and were skipped.")
 
 
 _NAMES = {"loss": "loss", "grad_norm": "gradient norm"}

@@ -1,7 +1,9 @@
 """`train()`: the driver that turns four config dataclasses and a workdir into a trained model.
 
 `train()` reads top to bottom in the order it runs:
-  1. the workdir: a new one, or a run this config may continue (refused before touching it);
+  1. the workdir: a new one (or one without a checkpoint yet: a first run that failed or was
+     stopped early, whose run files are rewritten), or a run this config may continue
+     (refused before touching it);
   2. validate: the configs against each other and the devices, and a warm start's source
      against the model's abstract params (computed once, here);
   3. the tokenizer (checked against the model), then the run files;
@@ -16,7 +18,9 @@ with bitwise the same parameters as one that was never interrupted. The checks o
 are training/validation.py; the workdir's files are llmjax/workdir.py. The loop is guarded
 (training/guard.py): SIGTERM/SIGINT stop it after the current step with a checkpoint, and a
 non-finite loss, gradient norm or state halts it (or is skipped, TrainConfig.nan_policy)
-before anything non-finite is logged or saved.
+before anything non-finite is logged or saved. Steps 1-5 up to compiling are setup: their
+errors (ValueError, FileNotFoundError, ...) say what to fix; anything raised from compiling on
+is a `RunError` whose cause is the original exception, so a caller keeps its traceback.
 """
 
 from __future__ import annotations
@@ -58,6 +62,14 @@ from llmjax.training.config import TrainConfig
 from llmjax.training.optimizer import make_optimizer
 from llmjax.training.state import TrainState
 from llmjax.training.step import Batch, Metrics, Params
+
+
+class RunError(RuntimeError):
+  """Training failed after setup, while compiling or running the steps: not a config error.
+
+  The message is the original exception's type and message; `__cause__` is the exception
+  itself. Checkpoints already written are complete (saves are atomic), so a rerun resumes.
+  """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +127,8 @@ class Run:
 
 
 def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: MeshConfig,
-          workdir: str, operative_config: str | None = None) -> dict[str, Any]:
+          workdir: str, operative_config: str | None = None,
+          allow_fallback_checkpoint: bool = False) -> dict[str, Any]:
   """Trains (or resumes) a model in `workdir`; returns the final metrics.
 
   Args:
@@ -125,6 +138,9 @@ def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: Mes
     mesh: the MeshConfig.
     workdir: run directory; if it holds a checkpoint, training resumes from the latest one.
     operative_config: gin's operative config text, saved as DIR/config.gin.
+    allow_fallback_checkpoint: when the newest checkpoint is damaged (a file truncated or
+      deleted), resume from the newest intact one; the damaged steps are moved to
+      checkpoints/damaged/ (never deleted). Without it such a run stops before writing.
 
   Returns:
     The last logged training metrics, merged with the last evaluation's (`eval_loss`, ...).
@@ -133,8 +149,13 @@ def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: Mes
     ValueError: incompatible configs, or a workdir made by an incompatible config.
     FileExistsError: `workdir` holds files that are not an llmjax workdir's.
     FileNotFoundError: a warm start's source is missing (TrainConfig.init_from).
+    PermissionError: `workdir` (or the directory to create it in) is not writable.
+    DamagedCheckpointError (a ValueError): the newest checkpoint is damaged and no fallback is
+      allowed; it names the step, the file and the flag.
     DivergenceError: a non-finite loss, gradient norm or state (TrainConfig.nan_policy); the
       last checkpoint is left untouched.
+    RunError: anything else raised once the steps are being compiled or run (the exceptions
+      above come before); its __cause__ is the original exception, traceback and all.
 
   A SIGTERM or SIGINT during the steps stops the run after the current step with a checkpoint
   (saved synchronously); the result then has `preempted: True`.
@@ -142,9 +163,14 @@ def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: Mes
   workdir = os.path.abspath(os.fspath(workdir))
   record = workdir_lib.run_record(model=model, data=data, train=train, mesh=mesh)
 
-  # 1. The workdir: new, or a run this config may continue. Nothing is written before step 3.
+  # 1. The workdir: new (or without a checkpoint yet), or a run this config may continue.
+  # Nothing is written before step 3.
   validation.check_resume_compatible(workdir_lib.existing_run(workdir), record)
-  resuming = workdir_lib.latest_step(workdir) is not None
+  workdir_lib.check_writable(workdir)
+  # Damaged checkpoints are found here (file sizes against each step's manifest), before
+  # anything is written; a fallback is applied in step 4.
+  resume_point = ckpt_lib.find_resume_point(workdir, allow_fallback=allow_fallback_checkpoint)
+  resuming = resume_point is not None
 
   # 2. Validate. The abstract params (with their logical axis names) are computed once here.
   device_mesh = mesh_lib.make_mesh(mesh.shape)  # Raises if the shape does not fit the devices.
@@ -185,7 +211,7 @@ def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: Mes
                                async_save=train.async_checkpointing)
   iter_state = None
   if resuming:
-    state, iter_state = ckpt.restore(abstract_state)
+    state, iter_state = ckpt.resume(abstract_state, resume_point)
   else:
     state, _ = state_lib.create_train_state(boxed_init, optimizer, train.seed, device_mesh, rules,
                                             master_dtype=master_dtype, shardings=shardings)
@@ -208,6 +234,7 @@ def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: Mes
     train_iter.set_state(iter_state)
   writer = metrics_lib.MetricsWriter(workdir)
   writer.drop_after(start)
+  compiling = False
   try:
     if start >= train.train_steps:
       if jax.process_index() == 0:
@@ -217,10 +244,11 @@ def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: Mes
     first = next(train_iter)  # Its shapes/dtypes (with the global batch size) define the step.
     abstract_batch = {k: jax.ShapeDtypeStruct((train.batch_size,) + np.shape(v)[1:],
                                               np.asarray(v).dtype) for k, v in first.items()}
+    eval_batches = _eval_batches(data, tokenizer, train, model, data_sharding, row_range)
+    compiling = True  # Setup is over: from here on a failure is a RunError (below).
     train_step = step_lib.compile_train_step(
         lm, optimizer, train, device_mesh, rules, shardings, abstract_state, abstract_batch,
         data_sharding, schedule)
-    eval_batches = _eval_batches(data, tokenizer, train, model, data_sharding, row_range)
     eval_step = None
     if eval_batches:
       eval_step = step_lib.compile_eval_step(lm, device_mesh, rules, shardings.params,
@@ -240,6 +268,10 @@ def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: Mes
 
     # 6. The loop.
     return _run_loop(run, state, start)
+  except Exception as e:
+    if not compiling or isinstance(e, guard_lib.DivergenceError):
+      raise
+    raise RunError(f"{type(e).__name__}: {e}") from e
   finally:
     ckpt.close()  # Waits for async saves.
     writer.close()
@@ -247,22 +279,25 @@ def train(*, model: ModelConfig, data: DataConfig, train: TrainConfig, mesh: Mes
 
 def _load_or_build_tokenizer(data: DataConfig, workdir: str,
                              train_source: Any) -> Tokenizer | None:
-  """The workdir's tokenizer on resume (never retrained), else the one the data config says.
+  """The workdir's tokenizer once a checkpoint depends on it (never retrained), else the one
+  the data config says (a workdir without a checkpoint gets it anew, `write_run_files`).
 
   A new tokenizer is not saved here: the run files are written only after validation. In a
   multi-process run only process 0 builds it (None elsewhere); the others load what it saves.
   """
-  if workdir_lib.has_tokenizer(workdir):
+  if workdir_lib.keeps_tokenizer(workdir):
     return workdir_lib.load_tokenizer(workdir)
   if jax.process_index() != 0:
     return None
   return pipeline.get_or_train_tokenizer(data, train_source, tokenizer_dir=None)
 
 
-def data_streams(data: DataConfig, iter_state: Any) -> int:
-  """Data streams of the global batch: the config's, else the checkpoint's, else 1 per process."""
+def data_streams(data: DataConfig, iter_state: Any) -> int | None:
+  """Data streams of the global batch: the config's, else the checkpoint's (whatever default
+  wrote it: older runs used one per process), else None = pipeline.default_streams, which
+  does not depend on the process count."""
   saved = host_data.saved_shards(iter_state)
-  streams = getattr(data, "shards", None) or saved or jax.process_count()
+  streams = getattr(data, "shards", None) or saved
   if saved is not None and saved != streams:
     raise ValueError(f"the checkpoint's data iterator has {saved} streams but DataConfig.shards="
                      f"{streams}: resume with DataConfig.shards={saved} (or None).")
@@ -371,8 +406,11 @@ def _guarded_loop(run: Run, state: TrainState, start: int, guard: guard_lib.Dive
   for step in range(start, train.train_steps):
     if step > start:
       batch = next(run.train_iter)
-    state, metrics = run.train_step(state, host_data.to_global(batch, run.data_sharding,
-                                                               train.batch_size))
+    # Built outside the guard: on multi-process runs make_array_from_process_local_data
+    # copies the local rows through a path the guard counts as implicit.
+    global_batch = host_data.to_global(batch, run.data_sharding, train.batch_size)
+    with guard_lib.transfer_guard():  # An implicit host<->device copy here is a bug: raise.
+      state, metrics = run.train_step(state, global_batch)
     pending.append(metrics)
     done = step + 1
     last = done == train.train_steps

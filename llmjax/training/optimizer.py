@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llmjax.training import guard
 from llmjax.training.config import TrainConfig
 
 
@@ -106,4 +107,6 @@ def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, opta
                       weight_decay=cfg.weight_decay, mask=decay_mask, mu_dtype=jnp.float32)
   if cfg.clip_norm > 0:
     adamw = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
+  if cfg.loss_spike_window:  # The window of recent losses lives in the optimizer state.
+    return guard.with_loss_window(in_float32(adamw), cfg.loss_spike_window), schedule
   return in_float32(adamw), schedule

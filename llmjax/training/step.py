@@ -116,7 +116,8 @@ def make_train_step(model: Trainable, optimizer: optax.GradientTransformation, c
   Metrics: the loss_fn's loss, z_loss, accuracy and weight_sum, grad_norm, learning_rate (with
   a schedule) and num_tokens, the batch's non-padding tokens (`metrics.count_tokens`: what
   tokens_per_sec and MFU count); with `cfg.nan_policy == 'skip'` also `skipped` (1.0 when the
-  loss, the gradient norm or the updated state was non-finite and the update was dropped).
+  loss, the gradient norm or the updated state was non-finite, or the loss was a spike
+  (`cfg.loss_spike_window`), and the update was dropped).
   With 'halt' (the default) the step is unchanged: the loop reads loss and grad_norm.
   """
 
@@ -125,13 +126,20 @@ def make_train_step(model: Trainable, optimizer: optax.GradientTransformation, c
     grads, metrics = _grads_and_aux(model, cfg, state.params, batch, rng)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["num_tokens"] = metrics_lib.count_tokens(batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    if cfg.loss_spike_window:  # The optimizer keeps the recent losses (guard.with_loss_window).
+      spike = guard.is_loss_spike(state.opt_state, metrics["loss"], cfg.loss_spike_std)
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params,
+                                            loss=metrics["loss"])
+    else:
+      spike = jnp.asarray(False)
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if cfg.nan_policy == "skip":
-      # Drop a non-finite update here, on device: the state stays as it was, the step counter
-      # (and with it the schedule, the dropout key and the data) still advances.
+      # Drop a non-finite update (or a loss spike's) here, on device: the state stays as it
+      # was, so a skipped loss never enters the spike window; the step counter (and with it the
+      # schedule, the dropout key and the data) still advances.
       ok = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-            & guard.tree_is_finite((params, opt_state)))
+            & guard.tree_is_finite((params, opt_state)) & ~spike)
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
                                        (params, opt_state), (state.params, state.opt_state))
       metrics["skipped"] = jnp.logical_not(ok).astype(jnp.float32)

@@ -58,8 +58,9 @@ def config_diff(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
 
 
 def check_resume_compatible(saved: workdir_lib.RunRecord | None, new: dict) -> None:
-  """Raises ValueError if the workdir's saved run (None: a new workdir) cannot be continued
-  with the run config `new` (`workdir.run_record`)."""
+  """Raises ValueError if the workdir's saved run cannot be continued with the run config
+  `new` (`workdir.run_record`). `saved` is `workdir.existing_run`'s answer: None for a new
+  workdir, including one without a checkpoint (nothing to resume, so any config may start)."""
   if saved is None:
     return
   workdir = saved.workdir

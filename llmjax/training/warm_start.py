@@ -88,6 +88,11 @@ def plan(workdir: str, abstract_params: Any, step: int | None = None) -> WarmSta
   """
   flag = "TrainConfig.init_from"
   record = workdir_lib.read_run_config(workdir, flag=flag)
+  steps = workdir_lib.checkpoint_steps(record.workdir)
+  if step is not None and steps and step not in steps:
+    raise FileNotFoundError(
+        f"TrainConfig.init_from_step={step}: {record.workdir} has no checkpoint for that step; "
+        f"it has steps {steps}: choose one of them, or None for the latest.")
   step = workdir_lib.resolve_step(record.workdir, step, flag=flag)
   source_params = jax.eval_shape(LanguageModel(record.model).init, jax.random.PRNGKey(0))
   source = traverse_util.flatten_dict(source_params, sep="/")

@@ -202,6 +202,14 @@ def test_sampler_beam():
     s.generate(["ab"], num_beams=2, num_samples=3)
 
 
+def test_beam_search_on_non_finite_logits_says_so():
+  # A diverged checkpoint: every score is NaN, so no hypothesis survives (was an IndexError).
+  table = np.full((V, V), np.nan, np.float32)
+  s = Sampler(BigramModel(), {"table": jnp.asarray(table)}, CharTokenizer())
+  with pytest.raises(ValueError, match="no finite-scoring hypothesis for prompt 0.*NaN/Inf"):
+    s.generate(["ab"], num_beams=2, max_new_tokens=3)
+
+
 # --- The real model, tokenizer and checkpoint format. ---
 
 

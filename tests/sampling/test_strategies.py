@@ -132,13 +132,29 @@ def test_strategies_are_hashable_static_args():
     (dict(temperature=-0.1), "temperature"),
     (dict(temperature=float("nan")), "temperature"),
     (dict(top_k=-1), "top_k"),
-    (dict(top_k=2.5), "top_k"),
-    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=0.0), r"top_p must be a float in \(0, 1\]"),
     (dict(top_p=1.5), "top_p"),
 ])
 def test_make_strategy_rejects_bad_settings(kwargs, match):
   with pytest.raises(ValueError, match=match):
     make_strategy(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(top_k=2.5), r"top_k must be an int >= 0 .*got 2.5 \(float\)"),
+    (dict(temperature=None), r"temperature must be a finite float >= 0 .*got None"),
+    (dict(top_p="0.9"), r"top_p must be a float in \(0, 1\] .*got '0.9' \(str\)"),
+    (dict(top_k=True), r"top_k .*got True \(bool\)"),
+])
+def test_make_strategy_rejects_wrong_types(kwargs, match):
+  with pytest.raises(TypeError, match=match):
+    make_strategy(**kwargs)
+
+
+def test_tiny_temperatures_draw_greedily():
+  # float32 logits / 1e-300 overflow to +-inf (NaN where a logit is 0): greedy is the limit.
+  assert make_strategy(1e-300) == make_strategy(0.0)
+  assert isinstance(make_strategy(1e-3), Temperature)
 
 
 def test_top_k_class_rejects_zero():
