@@ -197,6 +197,11 @@ def _close_progress_bars() -> None:
 def _interrupted(signum: int | None, workdir: str | None) -> int:
   """One line for a run stopped by SIGINT/SIGTERM outside the steps; returns 128 + signal."""
   _close_progress_bars()
+  # Background threads the interrupt left mid-task (Orbax's temporary-path cleanup) fail as the
+  # interpreter shuts down and log that through absl with a traceback: nothing to act on.
+  import logging
+
+  logging.getLogger("absl").setLevel(logging.CRITICAL)
   signum = signum or signal.SIGINT  # A bare KeyboardInterrupt: Ctrl-C (twice, in the loop).
   name = signal.Signals(signum).name
   step = _latest_checkpoint(workdir)
