@@ -11,15 +11,12 @@ import numpy as np
 import pytest
 
 import llmjax
-from llmjax import workdir as workdir_lib
-from llmjax.data.pipeline import DataConfig
 from llmjax.data.tokenizer import ByteTokenizer
 from llmjax.models.config import ModelConfig
 from llmjax.models.interface import LanguageModel
 from llmjax.sampling.loading import LoadedModel
-from llmjax.sharding.mesh import MeshConfig
-from llmjax.training.config import TrainConfig
 from tests.bad_inputs.harness import assert_clear_failure, run_cli, snapshot
+from tests.evaluation.fakes import write_workdir
 
 # A one-layer byte-level decoder with a short context, so a long completion overflows it.
 _MODEL = ModelConfig(vocab_size=260, num_layers=1, num_heads=2, num_kv_heads=1, embed_dim=32,
@@ -32,17 +29,7 @@ def run_dir(tmp_path_factory) -> str:
   """A workdir as `llmjax train` leaves it (run files, byte tokenizer, a step-2 checkpoint),
   written through llmjax/workdir.py with random params: sampling never looks at how the
   weights were trained, and this takes a second instead of a training run."""
-  path = str(tmp_path_factory.mktemp("bad_sampling") / "run")
-  data = DataConfig(text_files="/nonexistent/*.txt", tokenizer="byte")
-  record = workdir_lib.run_record(model=_MODEL, data=data,
-                                  train=TrainConfig(train_steps=2, warmup_steps=1),
-                                  mesh=MeshConfig())
-  workdir_lib.write_run_files(path, record, tokenizer=ByteTokenizer(), config_gin="# run\n")
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0.0, 0.5, x.shape), x.dtype),
-                        jax.eval_shape(LanguageModel(_MODEL).init, jax.random.PRNGKey(0)))
-  workdir_lib.save_params(path, params, 2)
-  return path
+  return write_workdir(str(tmp_path_factory.mktemp("bad_sampling") / "run"), _MODEL)
 
 
 @pytest.fixture(scope="module")

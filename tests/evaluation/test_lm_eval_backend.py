@@ -20,7 +20,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -29,15 +28,12 @@ lm_eval = pytest.importorskip("lm_eval", reason="the lm-eval backend needs the `
 from lm_eval.api.instance import Instance  # noqa: E402
 
 import llmjax  # noqa: E402
-from llmjax import workdir as workdir_lib  # noqa: E402
-from llmjax.data.pipeline import DataConfig  # noqa: E402
 from llmjax.data.tokenizer import ByteTokenizer  # noqa: E402
 from llmjax.evaluation import lm_eval_main  # noqa: E402
 from llmjax.evaluation.lm_eval_adapter import LlmjaxLM  # noqa: E402
 from llmjax.models.config import ModelConfig  # noqa: E402
 from llmjax.models.interface import LanguageModel  # noqa: E402
-from llmjax.sharding.mesh import MeshConfig  # noqa: E402
-from llmjax.training.config import TrainConfig  # noqa: E402
+from tests.evaluation.fakes import write_workdir  # noqa: E402
 
 # A one-layer byte-level decoder: the rolling document below is longer than its context.
 _MODEL = ModelConfig(vocab_size=260, num_layers=1, num_heads=2, num_kv_heads=1, embed_dim=32,
@@ -136,17 +132,7 @@ _TASKS = ["llmjax_test_mc", "llmjax_test_ppl", "llmjax_test_gen"]
 def run_dir(tmp_path_factory) -> str:
   """A workdir as `llmjax train` leaves it, written through llmjax/workdir.py with random
   params: the backend never looks at how the weights were trained."""
-  path = str(tmp_path_factory.mktemp("lm_eval_backend") / "run")
-  data = DataConfig(text_files="/nonexistent/*.txt", tokenizer="byte")
-  record = workdir_lib.run_record(model=_MODEL, data=data,
-                                  train=TrainConfig(train_steps=2, warmup_steps=1),
-                                  mesh=MeshConfig())
-  workdir_lib.write_run_files(path, record, tokenizer=ByteTokenizer(), config_gin="# run\n")
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0.0, 0.5, x.shape), x.dtype),
-                        jax.eval_shape(LanguageModel(_MODEL).init, jax.random.PRNGKey(0)))
-  workdir_lib.save_params(path, params, 2)
-  return path
+  return write_workdir(str(tmp_path_factory.mktemp("lm_eval_backend") / "run"), _MODEL)
 
 
 @pytest.fixture(scope="module")
